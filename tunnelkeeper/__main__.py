@@ -1,0 +1,3 @@
+from tunnelkeeper.cli import main
+
+raise SystemExit(main())
