@@ -38,7 +38,10 @@ def wait_until(
 
 
 async def await_until(
-    predicate: Callable[[], Awaitable[T]], timeout: float = 10.0, interval: float = 0.05, what: str = ""
+    predicate: Callable[[], Awaitable[T]],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    what: str = "",
 ) -> T:
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None

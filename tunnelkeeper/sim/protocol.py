@@ -46,7 +46,16 @@ CONNECT_PATH = "/connect"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 MESSAGE_TYPES = frozenset(
-    {"register", "registered", "error", "request", "response", "origin_error", "refused", "unregister"}
+    {
+        "register",
+        "registered",
+        "error",
+        "request",
+        "response",
+        "origin_error",
+        "refused",
+        "unregister",
+    }
 )
 
 

@@ -1,0 +1,194 @@
+"""The validated configuration, as immutable values.
+
+Loading and validating the TOML file lives in :mod:`tunnelkeeper.configfile`; everything else
+in the daemon only ever sees these types. Durations are float seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    host: str
+    listen: str = "127.0.0.1:9105"
+    state_dir: Path = Path("/var/lib/tunnelkeeper")
+    runtime_dir: Path = Path("/run/tunnelkeeper")
+    probe_interval_seconds: float = 1.0
+    # how often each replica's /metrics is scraped (versions, request counters)
+    metrics_interval_seconds: float = 5.0
+    # /ready not answering this long (e.g. SIGSTOP) -> UNRESPONSIVE -> replaced
+    unresponsive_after_seconds: float = 3.0
+    # a new replica must be ready at the edge within this, else it is given up
+    ready_timeout_seconds: float = 60.0
+    # this many exits within the window is a crash loop
+    crash_loop_restarts: int = 5
+    crash_loop_window_seconds: float = 120.0
+    log_format: str = "json"  # json | console
+    log_level: str = "info"  # debug | info | warning | error
+
+    @property
+    def listen_host(self) -> str:
+        host, _, _ = self.listen.rpartition(":")
+        return host.strip("[]")
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+@dataclass(frozen=True)
+class InstallConfig:
+    version: str
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class CloudflaredConfig:
+    path: Path = Path("/usr/local/bin/cloudflared")
+    args: tuple[str, ...] = ()
+    install: InstallConfig | None = None
+
+
+# --- token sources -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileSourceConfig:
+    path: Path
+    poll_seconds: float = 1.0
+    kind: str = "file"
+
+
+@dataclass(frozen=True)
+class EnvSourceConfig:
+    var: str
+    kind: str = "env"
+
+
+@dataclass(frozen=True)
+class SystemdCredentialSourceConfig:
+    name: str
+    kind: str = "systemd-credential"
+
+
+@dataclass(frozen=True)
+class CommandSourceConfig:
+    argv: tuple[str, ...]
+    timeout_seconds: float = 30.0
+    poll_seconds: float = 60.0
+    env: Mapping[str, str] = field(default_factory=dict)
+    kind: str = "command"
+
+
+@dataclass(frozen=True)
+class VaultSourceConfig:
+    addr: str
+    path: str
+    mount: str = "secret"
+    field: str = "token"
+    token_file: Path | None = None
+    role_id_file: Path | None = None
+    secret_id_file: Path | None = None
+    approle_mount: str = "approle"
+    namespace: str | None = None
+    ca_cert: Path | None = None
+    poll_seconds: float = 30.0
+    timeout_seconds: float = 10.0
+    kind: str = "vault"
+
+
+@dataclass(frozen=True)
+class AwsSourceConfig:
+    secret_id: str
+    region: str | None = None
+    endpoint_url: str | None = None
+    poll_seconds: float = 60.0
+    timeout_seconds: float = 10.0
+    kind: str = "aws-secrets-manager"
+
+
+TokenSourceConfig = (
+    FileSourceConfig
+    | EnvSourceConfig
+    | SystemdCredentialSourceConfig
+    | CommandSourceConfig
+    | VaultSourceConfig
+    | AwsSourceConfig
+)
+
+
+@dataclass(frozen=True)
+class TunnelConfig:
+    name: str
+    token: TokenSourceConfig
+    id: str | None = None
+    replicas: int = 2
+    grace_period_seconds: float = 30.0
+    # zero edge connections this long -> replace the replica
+    unhealthy_after_seconds: float = 20.0
+    # a new replica counts as ready at the edge (rotation/upgrade gate) with this many connections
+    min_ready_connections: int = 1
+    expected_connectors: int | None = None
+    # cron expression for scheduled secret refresh (needs [fleet]); evaluated in refresh_timezone
+    refresh_schedule: str | None = None
+    refresh_timezone: str = "UTC"
+
+
+# --- alerts ----------------------------------------------------------------------------------
+
+SEVERITIES = ("info", "warning", "critical")
+
+
+@dataclass(frozen=True)
+class AlertOverride:
+    for_seconds: float | None = None
+    severity: str | None = None
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    kind: str  # webhook | slack | pagerduty | alertmanager
+    name: str  # metric label; default: kind, or kind-N when several of a kind
+    url: str | None = None
+    url_file: Path | None = None  # for URLs that are secrets (Slack)
+    signing_secret_file: Path | None = None  # webhook: Standard Webhooks whsec_ secret
+    routing_key_file: Path | None = None  # pagerduty integration key
+    headers: Mapping[str, str] = field(default_factory=dict)
+    min_severity: str = "info"
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    for_seconds: float = 5.0
+    overrides: Mapping[str, AlertOverride] = field(default_factory=dict)
+    sinks: tuple[SinkConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    account_id: str
+    api_token_file: Path
+    api_url: str = "https://api.cloudflare.com/client/v4"
+    poll_seconds: float = 60.0
+    # API requests this host may make per 300 s window (Cloudflare allows 1200 per user, shared)
+    request_budget: int = 300
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    daemon: DaemonConfig
+    cloudflared: CloudflaredConfig
+    tunnels: tuple[TunnelConfig, ...]
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    fleet: FleetConfig | None = None
+
+    def tunnel(self, name: str) -> TunnelConfig | None:
+        return next((t for t in self.tunnels if t.name == name), None)

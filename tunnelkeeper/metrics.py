@@ -1,0 +1,144 @@
+"""Prometheus metrics the daemon exports. One registry per daemon; no token, secret or pid in labels."""
+
+from __future__ import annotations
+
+import os
+
+# Drop the *_created series prometheus_client adds to counters; they only add noise.
+os.environ.setdefault("PROMETHEUS_DISABLE_CREATED_SERIES", "True")
+
+from prometheus_client import (  # noqa: E402 - must follow the env setting above
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+RESTART_REASONS = ("exited", "no_connections", "unresponsive", "rotation", "upgrade")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.replica_up = Gauge(
+            "tunnelkeeper_replica_up",
+            "1 while the replica's cloudflared process runs.",
+            ["tunnel", "slot"],
+            registry=r,
+        )
+        self.replica_ready_connections = Gauge(
+            "tunnelkeeper_replica_ready_connections",
+            "Edge connections of the replica, from cloudflared /ready readyConnections.",
+            ["tunnel", "slot"],
+            registry=r,
+        )
+        self.replica_state = Gauge(
+            "tunnelkeeper_replica_state",
+            "1 for the replica's current state.",
+            ["tunnel", "slot", "state"],
+            registry=r,
+        )
+        self.replica_restarts = Counter(
+            "tunnelkeeper_replica_restarts",
+            "Replicas replaced, by reason.",
+            ["tunnel", "slot", "reason"],
+            registry=r,
+        )
+        self.replica_cpu_seconds = Gauge(
+            "tunnelkeeper_replica_cpu_seconds",
+            "CPU time used by the replica's process.",
+            ["tunnel", "slot"],
+            registry=r,
+        )
+        self.replica_rss_bytes = Gauge(
+            "tunnelkeeper_replica_resident_memory_bytes",
+            "Resident memory of the replica's process.",
+            ["tunnel", "slot"],
+            registry=r,
+        )
+        self.replica_crash_looping = Gauge(
+            "tunnelkeeper_replica_crash_looping",
+            "1 while the slot's replica keeps exiting (crash loop).",
+            ["tunnel", "slot"],
+            registry=r,
+        )
+        self.tunnel_ready_replicas = Gauge(
+            "tunnelkeeper_tunnel_ready_replicas",
+            "Replicas of the tunnel with at least one edge connection.",
+            ["tunnel"],
+            registry=r,
+        )
+        self.tunnel_desired_replicas = Gauge(
+            "tunnelkeeper_tunnel_desired_replicas",
+            "Replicas the tunnel should have on this host.",
+            ["tunnel"],
+            registry=r,
+        )
+        self.tunnel_token_valid = Gauge(
+            "tunnelkeeper_tunnel_token_valid",
+            "1 when the tunnel has a valid token from its source.",
+            ["tunnel"],
+            registry=r,
+        )
+        self.token_rotations = Counter(
+            "tunnelkeeper_token_rotations",
+            "Token rotations by result.",
+            ["tunnel", "result"],
+            registry=r,
+        )
+        self.token_source_errors = Counter(
+            "tunnelkeeper_token_source_errors",
+            "Failed or refused reads of a tunnel's token source.",
+            ["tunnel", "reason"],
+            registry=r,
+        )
+        self.alerts_firing = Gauge(
+            "tunnelkeeper_alerts_firing",
+            "Alert instances currently firing, by alert name.",
+            ["alertname"],
+            registry=r,
+        )
+        self.alert_deliveries = Counter(
+            "tunnelkeeper_alert_deliveries",
+            "Notification delivery attempts by sink and result.",
+            ["sink", "result"],
+            registry=r,
+        )
+        self.alert_outbox_pending = Gauge(
+            "tunnelkeeper_alert_outbox_pending",
+            "Notifications waiting in the durable outbox.",
+            registry=r,
+        )
+        self.fleet_connectors = Gauge(
+            "tunnelkeeper_fleet_connectors",
+            "Live connectors of the tunnel fleet-wide, from the Cloudflare API.",
+            ["tunnel"],
+            registry=r,
+        )
+        self.fleet_colo_connections = Gauge(
+            "tunnelkeeper_fleet_colo_connections",
+            "Live connections of the tunnel per Cloudflare colo, from the Cloudflare API.",
+            ["tunnel", "colo"],
+            registry=r,
+        )
+        self.probe_duration = Histogram(
+            "tunnelkeeper_probe_duration_seconds",
+            "Time to probe one replica's /ready.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.loop_lag = Gauge(
+            "tunnelkeeper_loop_lag_seconds",
+            "How late the last supervision tick ran compared to its schedule.",
+            registry=r,
+        )
+        self.child_log_suppressed = Counter(
+            "tunnelkeeper_child_log_lines_suppressed",
+            "cloudflared log lines summarised instead of re-emitted (flood control).",
+            ["tunnel"],
+            registry=r,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
