@@ -1,4 +1,4 @@
-"""Prometheus metrics the daemon exports. One registry per daemon; no token, secret or pid in labels."""
+"""Prometheus metrics the daemon exports: one registry, no token, secret or pid in labels."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 # Drop the *_created series prometheus_client adds to counters; they only add noise.
 os.environ.setdefault("PROMETHEUS_DISABLE_CREATED_SERIES", "True")
 
-from prometheus_client import (  # noqa: E402 - must follow the env setting above
+from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,

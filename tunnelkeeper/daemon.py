@@ -1,0 +1,263 @@
+"""``tunnelkeeper run``: wire config, token sources, supervisors, HTTP and systemd together.
+
+One loop: wait for an event (a replica exited, a probe saw a change, a signal) or the next
+tick, then converge every tunnel. Signal handlers only set events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from tunnelkeeper import __version__
+from tunnelkeeper.config import Config
+from tunnelkeeper.ledger import LedgerEntry, reap_leftovers, write_ledger
+from tunnelkeeper.logconfig import configure
+from tunnelkeeper.metrics import Metrics
+from tunnelkeeper.notify import Notifier
+from tunnelkeeper.ports import PortAllocator
+from tunnelkeeper.probe import Prober
+from tunnelkeeper.statusview import tunnel_status
+from tunnelkeeper.supervisor import TunnelSupervisor
+from tunnelkeeper.tokens import TokenFeed
+from tunnelkeeper.web import DaemonWeb
+
+log = structlog.get_logger("tunnelkeeper.daemon")
+
+
+class Daemon:
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self.metrics = Metrics()
+        self.wake = asyncio.Event()
+        self.stop_requested = asyncio.Event()
+        self.notifier = Notifier()
+        self.prober = Prober(timeout_seconds=min(1.0, config.daemon.probe_interval_seconds))
+        self.ports = PortAllocator()
+        self.started_at = clock()
+        self.started_wall = datetime.now(UTC)
+        self.last_tick_at = clock()
+        self.sups: dict[str, TunnelSupervisor] = {}
+        self.feeds: dict[str, TokenFeed] = {}
+        self._ready_sent = False
+        self._status_line = ""
+        self._ledger_key: tuple[tuple[Any, ...], ...] = ()
+        self.web = DaemonWeb(
+            metrics=self.metrics.exposition,
+            healthz=self.healthz,
+            readyz=self.readyz,
+            status=self.status,
+            rotate=self.rotate,
+            reload=self.reload,
+        )
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_requested.set)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        for d in (cfg.daemon.state_dir, cfg.daemon.runtime_dir):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        reaped = await asyncio.to_thread(reap_leftovers, self.ledger_path)
+        if reaped:
+            log.warning("leftover_replicas_reaped", count=reaped)
+        try:
+            await self.web.start(
+                cfg.daemon.listen_host,
+                cfg.daemon.listen_port,
+                cfg.daemon.runtime_dir / "control.sock",
+            )
+        except OSError as exc:
+            log.error(
+                "listen_failed", key="daemon.listen", listen=cfg.daemon.listen, error=str(exc)
+            )
+            await self.web.aclose()
+            return 1
+        for t in cfg.tunnels:
+            sup = TunnelSupervisor(
+                t,
+                cfg.daemon,
+                cfg.cloudflared,
+                ports=self.ports,
+                prober=self.prober,
+                metrics=self.metrics,
+                wake=self.wake,
+                clock=self.clock,
+            )
+            self.sups[t.name] = sup
+            self.feeds[t.name] = TokenFeed(t, sup, self.metrics, clock=self.clock)
+        for feed in self.feeds.values():
+            await feed.start()
+        log.info(
+            "daemon_started",
+            version=__version__,
+            host=cfg.daemon.host,
+            listen=cfg.daemon.listen,
+            tunnels=[t.name for t in cfg.tunnels],
+        )
+        try:
+            await self._loop()
+        finally:
+            await self._shutdown()
+        return 0
+
+    async def _loop(self) -> None:
+        interval = self.config.daemon.probe_interval_seconds
+        watchdog = self.notifier.watchdog_interval_seconds()
+        last_watchdog = 0.0
+        while not self.stop_requested.is_set():
+            for sup in self.sups.values():
+                sup.converge()
+            self._write_ledger()
+            self._notify_systemd()
+            now = self.clock()
+            self.last_tick_at = now
+            if watchdog is not None and now - last_watchdog >= watchdog:
+                self.notifier.send("WATCHDOG=1")
+                last_watchdog = now
+            self.wake.clear()
+            deadline = now + interval
+            waiter = asyncio.ensure_future(self.wake.wait())
+            stopper = asyncio.ensure_future(self.stop_requested.wait())
+            await asyncio.wait(
+                {waiter, stopper}, timeout=interval, return_when=asyncio.FIRST_COMPLETED
+            )
+            waiter.cancel()
+            stopper.cancel()
+            lag = self.clock() - deadline
+            self.metrics.loop_lag.set(max(0.0, lag) if not self.wake.is_set() else 0.0)
+
+    async def _shutdown(self) -> None:
+        self.notifier.send("STOPPING=1", "STATUS=draining replicas")
+        log.info("daemon_stopping", replicas=sum(len(s.replicas) for s in self.sups.values()))
+        for feed in self.feeds.values():
+            await feed.aclose()
+        await asyncio.gather(*(sup.drain_all() for sup in self.sups.values()))
+        self._write_ledger()
+        await self.web.aclose()
+        await self.prober.aclose()
+        log.info("daemon_stopped")
+        self.notifier.close()
+
+    def _on_sighup(self) -> None:
+        log.info("sighup_received", action="re-reading token sources")
+        for feed in self.feeds.values():
+            feed.poll_now()
+
+    # --- systemd, ledger -----------------------------------------------------------------------
+
+    @property
+    def ledger_path(self) -> Any:
+        return self.config.daemon.state_dir / "replicas.json"
+
+    def _write_ledger(self) -> None:
+        entries = [
+            LedgerEntry(
+                r.rid.tunnel,
+                r.rid.slot,
+                r.rid.generation,
+                r.proc.pid,
+                r.proc.create_time or 0.0,
+                r.proc.spec.metrics_port,
+                str(r.proc.token_file),
+                str(r.proc.spec.binary),
+            )
+            for sup in self.sups.values()
+            for r in sup.replicas.values()
+            if r.proc.pid is not None and r.proc.running
+        ]
+        key = tuple((e.pid, e.generation) for e in entries)
+        if key != self._ledger_key:
+            try:
+                write_ledger(self.ledger_path, entries)
+                self._ledger_key = key
+            except OSError as exc:
+                log.error("ledger_write_failed", path=str(self.ledger_path), error=str(exc))
+
+    def _notify_systemd(self) -> None:
+        parts = []
+        all_ready = True
+        for sup in self.sups.values():
+            st = tunnel_status(sup, self.clock())
+            parts.append(f"{sup.cfg.name} {st['ready_replicas']}/{st['desired_replicas']} ready")
+            all_ready = all_ready and st["ready_replicas"] > 0
+        line = "; ".join(parts)
+        if line != self._status_line:
+            self._status_line = line
+            self.notifier.send(f"STATUS={line}")
+        timed_out = self.clock() - self.started_at >= self.config.daemon.ready_timeout_seconds
+        if not self._ready_sent and (all_ready or timed_out):
+            self._ready_sent = True
+            self.notifier.send("READY=1", f"STATUS={line}")
+            log.info("daemon_ready", all_tunnels_ready=all_ready)
+
+    # --- HTTP endpoints ------------------------------------------------------------------------
+
+    def healthz(self) -> tuple[bool, str]:
+        stale = self.clock() - self.last_tick_at
+        limit = 3 * self.config.daemon.probe_interval_seconds + 2
+        return (stale < limit, f"supervision loop last ran {stale:.1f}s ago")
+
+    def readyz(self) -> tuple[bool, str]:
+        dark = [
+            n
+            for n, s in self.sups.items()
+            if not any(r.ready_connections > 0 for r in s.replicas.values())
+        ]
+        if dark:
+            return False, "no ready replica for: " + ", ".join(dark)
+        return True, "every tunnel has a ready replica"
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        return {
+            "version": __version__,
+            "host": self.config.daemon.host,
+            "pid": os.getpid(),
+            "uptime_seconds": round(now - self.started_at, 1),
+            "started_at": self.started_wall.isoformat(timespec="seconds"),
+            "tunnels": [tunnel_status(s, now) for s in self.sups.values()],
+            "alerts_firing": [],
+        }
+
+    async def rotate(self, tunnel: str | None, force: bool) -> dict[str, Any]:
+        names = [tunnel] if tunnel else list(self.sups)
+        if tunnel and tunnel not in self.sups:
+            return {"error": f"no tunnel named {tunnel!r} in this daemon's config"}
+        results = await asyncio.gather(*(self.feeds[n].rotate(force) for n in names))
+        return {"tunnels": list(results)}
+
+    async def reload(self) -> dict[str, Any]:
+        return {"error": "reload is not supported yet; restart the daemon"}
+
+
+def run_command(config_path: str) -> int:
+    from tunnelkeeper.configfile import ConfigError, load_config
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"tunnelkeeper: invalid config:\n{exc}", file=sys.stderr)
+        return 1
+    configure(config.daemon.log_level, config.daemon.log_format)
+    binary = config.cloudflared.path
+    if not (binary.is_file() and os.access(binary, os.X_OK)):
+        print(
+            f"tunnelkeeper: cloudflared.path: {binary} is not an executable file "
+            "(run `tunnelkeeper install` or fix the path)",
+            file=sys.stderr,
+        )
+        return 1
+    return asyncio.run(Daemon(config).run())

@@ -1,0 +1,94 @@
+"""The on-disk record of running replicas (state_dir/replicas.json).
+
+Written whenever the set of replicas changes, so that a daemon that died hard can find the
+cloudflared processes it left behind. A process is only ever touched if pid, create time and
+command line all still match: a recycled pid is never signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+import structlog
+
+log = structlog.get_logger("tunnelkeeper.ledger")
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    tunnel: str
+    slot: int
+    generation: int
+    pid: int
+    create_time: float
+    metrics_port: int
+    token_file: str
+    binary: str
+
+
+def write_ledger(path: Path, entries: list[LedgerEntry]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    data = json.dumps({"version": 1, "replicas": [asdict(e) for e in entries]}, indent=1)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def read_ledger(path: Path) -> list[LedgerEntry]:
+    """Entries of a previous run; a missing or damaged file is an empty ledger."""
+    try:
+        obj = json.loads(path.read_text())
+        rows = obj["replicas"]
+        return [LedgerEntry(**row) for row in rows if isinstance(row, dict)]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        log.warning("ledger_unreadable", path=str(path), error=str(exc))
+        return []
+
+
+def find_process(entry: LedgerEntry) -> psutil.Process | None:
+    """The live process the entry describes, only if it is provably the same process."""
+    try:
+        proc = psutil.Process(entry.pid)
+        if abs(proc.create_time() - entry.create_time) > 0.05:
+            return None
+        cmdline = proc.cmdline()
+    except (psutil.Error, OSError):
+        return None
+    if not cmdline or f"127.0.0.1:{entry.metrics_port}" not in cmdline:
+        return None
+    if entry.token_file not in cmdline:
+        return None
+    return proc
+
+
+def reap_leftovers(path: Path, timeout_seconds: float = 10.0) -> int:
+    """Stop replicas a previous daemon left running (it died without draining them)."""
+    procs = []
+    for entry in read_ledger(path):
+        proc = find_process(entry)
+        if proc is None:
+            continue
+        log.warning("leftover_replica_stopped", tunnel=entry.tunnel, slot=entry.slot, pid=entry.pid)
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(signal.SIGCONT)
+            proc.send_signal(signal.SIGTERM)
+            procs.append(proc)
+        with contextlib.suppress(FileNotFoundError):
+            Path(entry.token_file).unlink()
+    _, alive = psutil.wait_procs(procs, timeout=timeout_seconds)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    return len(procs)

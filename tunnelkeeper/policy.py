@@ -1,0 +1,218 @@
+"""The supervision decision, as pure functions of (desired, observed, now) → actions.
+
+Nothing here does I/O or reads a clock. ``supervisor`` observes, calls :func:`decide`, and
+carries the actions out. Rules, per tunnel and slot:
+
+* A slot with no live primary gets one (after the slot's restart backoff).
+* A primary that is UNHEALTHY (zero edge connections for ``unhealthy_after``), UNRESPONSIVE
+  (metrics server silent), or never became ready in time, gets a *successor* (surge). The
+  successor is promoted only once it is ready at the edge; then the old primary drains.
+* A primary on an outdated token gets a successor too (rolling rotation), one slot at a time.
+* A successor that is not ready within ``ready_timeout`` is abandoned; the slot backs off.
+* When no replica of a tunnel has an edge connection, the edge or network is the likely fault:
+  replacing everything would only churn, so one replacement at a time is tried, with backoff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Phase(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    DEGRADED = "degraded"
+    UNHEALTHY = "unhealthy"
+    UNRESPONSIVE = "unresponsive"
+    DRAINING = "draining"
+    EXITED = "exited"
+
+
+class Role(StrEnum):
+    PRIMARY = "primary"
+    SUCCESSOR = "successor"
+    DRAINING = "draining"
+
+
+@dataclass(frozen=True)
+class Timing:
+    unhealthy_after_seconds: float
+    unresponsive_after_seconds: float
+    ready_timeout_seconds: float
+    min_ready_connections: int = 1
+    ha_connections: int = 4
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the supervisor knows about one live replica at ``now``."""
+
+    key: str  # unique id of the replica (str(ReplicaId))
+    slot: int
+    role: Role
+    started_at: float
+    running: bool
+    ready_connections: int = 0
+    ready_at: float | None = None  # first time it had an edge connection
+    zero_since: float | None = None  # since when 0 connections, after having had some
+    silent_since: float | None = None  # since when /ready has not answered
+    token_fingerprint: str = ""
+
+
+def phase_of(r: Observed, t: Timing, now: float) -> Phase:
+    if not r.running:
+        return Phase.EXITED
+    if r.role is Role.DRAINING:
+        return Phase.DRAINING
+    if r.silent_since is not None and now - r.silent_since >= t.unresponsive_after_seconds:
+        # A starting replica's metrics server may not be up yet: silence only counts once it
+        # has answered before, or when start-up has taken longer than it may.
+        if r.ready_at is not None or now - r.started_at >= t.ready_timeout_seconds:
+            return Phase.UNRESPONSIVE
+    if r.ready_at is None:
+        return Phase.STARTING if r.ready_connections == 0 else Phase.DEGRADED
+    if r.ready_connections == 0:
+        if r.zero_since is not None and now - r.zero_since >= t.unhealthy_after_seconds:
+            return Phase.UNHEALTHY
+        return Phase.DEGRADED
+    if r.ready_connections < t.ha_connections:
+        return Phase.DEGRADED
+    return Phase.READY
+
+
+def is_serving(r: Observed) -> bool:
+    return r.running and r.ready_connections > 0
+
+
+def is_gate_ready(r: Observed, t: Timing) -> bool:
+    """Ready at the edge enough to take over from the replica it replaces."""
+    return r.running and r.ready_connections >= t.min_ready_connections
+
+
+# --- actions ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spawn:
+    slot: int
+    role: Role
+    reason: str  # start | exited | no_connections | unresponsive | rotation | upgrade
+
+
+@dataclass(frozen=True)
+class Promote:
+    key: str  # the successor; the slot's current primary (if any) drains
+    reason: str
+
+
+@dataclass(frozen=True)
+class Drain:
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Abandon:
+    key: str  # a successor that never became ready
+    reason: str
+
+
+Action = Spawn | Promote | Drain | Abandon
+
+
+@dataclass(frozen=True)
+class TunnelPlan:
+    replicas: int
+    # the token every replica should run; None: no usable token, nothing can start
+    token_fingerprint: str | None
+    slot_backoff_until: tuple[float, ...] = ()  # per slot
+    last_exit_reason: tuple[str, ...] = ()  # per slot: why the slot is empty ("exited"/"start")
+    storm_backoff_until: float = 0.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    actions: tuple[Action, ...]
+    edge_outage_suspected: bool
+    reason: str | None  # human-readable explanation when the tunnel is held back
+
+
+def _replacement_reason(phase: Phase) -> str | None:
+    if phase is Phase.UNHEALTHY:
+        return "no_connections"
+    if phase is Phase.UNRESPONSIVE:
+        return "unresponsive"
+    return None
+
+
+def decide(plan: TunnelPlan, replicas: Sequence[Observed], t: Timing, now: float) -> Decision:
+    actions: list[Action] = []
+    live = [r for r in replicas if r.running and r.role is not Role.DRAINING]
+    primaries = {r.slot: r for r in live if r.role is Role.PRIMARY}
+    successors = {r.slot: r for r in live if r.role is Role.SUCCESSOR}
+
+    # Scale down: slots beyond the desired count drain.
+    for r in live:
+        if r.slot >= plan.replicas:
+            actions.append(Drain(r.key, "scale_down"))
+
+    serving = [r for r in primaries.values() if r.slot < plan.replicas and is_serving(r)]
+    edge_outage = (
+        bool(primaries)
+        and not serving
+        and any(
+            phase_of(r, t, now) in (Phase.UNHEALTHY, Phase.STARTING, Phase.DEGRADED)
+            and (r.ready_at is not None or now - r.started_at >= t.ready_timeout_seconds)
+            for r in primaries.values()
+        )
+    )
+    # While the whole tunnel is dark, at most one successor at a time, and not before backoff.
+    surging = sum(1 for s in successors if s < plan.replicas)
+    reason: str | None = None
+    if edge_outage:
+        reason = (
+            "no replica has an edge connection: the edge or the network is likely down; "
+            "replacing one replica at a time with backoff instead of restarting all"
+        )
+    rotating = any(r.token_fingerprint != plan.token_fingerprint for r in successors.values())
+
+    for slot in range(plan.replicas):
+        primary = primaries.get(slot)
+        successor = successors.get(slot)
+        backoff_until = (
+            plan.slot_backoff_until[slot] if slot < len(plan.slot_backoff_until) else 0.0
+        )
+        if primary is None:
+            if successor is not None:
+                actions.append(Promote(successor.key, "replaced_exited"))
+            elif plan.token_fingerprint is not None and now >= backoff_until:
+                why = plan.last_exit_reason[slot] if slot < len(plan.last_exit_reason) else "start"
+                actions.append(Spawn(slot, Role.PRIMARY, why))
+            continue
+        if successor is not None:
+            if is_gate_ready(successor, t):
+                actions.append(Promote(successor.key, "successor_ready"))
+            elif now - successor.started_at >= t.ready_timeout_seconds:
+                actions.append(Abandon(successor.key, "not_ready_in_time"))
+            continue
+        if plan.token_fingerprint is None or now < backoff_until:
+            continue
+        phase = phase_of(primary, t, now)
+        why_replace = _replacement_reason(phase)
+        if why_replace is None and phase in (Phase.STARTING, Phase.DEGRADED):
+            if primary.ready_at is None and now - primary.started_at >= t.ready_timeout_seconds:
+                why_replace = "no_connections"
+        if why_replace is not None:
+            if edge_outage and (surging > 0 or now < plan.storm_backoff_until):
+                continue
+            actions.append(Spawn(slot, Role.SUCCESSOR, why_replace))
+            surging += 1
+            continue
+        wants_rotation = primary.token_fingerprint != plan.token_fingerprint
+        if wants_rotation and not rotating and surging == 0 and not edge_outage:
+            actions.append(Spawn(slot, Role.SUCCESSOR, "rotation"))
+            rotating = True
+            surging += 1
+    return Decision(tuple(actions), edge_outage, reason)

@@ -1,0 +1,263 @@
+"""One cloudflared child process: spawn it safely, watch its exit and logs, stop it.
+
+The token reaches the child only through a 0600 file named on ``--token-file``; the child's
+environment is built from an allow-list, so an inherited TUNNEL_TOKEN (which would silently
+override the file) or our own NOTIFY_SOCKET never leaks in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import structlog
+
+from tunnelkeeper.childlog import FloodGate, RecentErrors, flood_key, parse_line
+from tunnelkeeper.tunneltoken import TunnelToken
+
+MAX_LINE_BYTES = 16 * 1024
+READ_CHUNK = 64 * 1024
+# Variables a child may inherit. Everything else (TUNNEL_*, NOTIFY_SOCKET, secrets) is dropped.
+ENV_ALLOW = ("PATH", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR")
+EXTRA_KILL_WAIT_SECONDS = 5.0
+
+log = structlog.get_logger("tunnelkeeper.replica")
+
+
+@dataclass(frozen=True, order=True)
+class ReplicaId:
+    tunnel: str
+    slot: int
+    generation: int
+
+    def __str__(self) -> str:
+        return f"{self.tunnel}/{self.slot}#{self.generation}"
+
+
+@dataclass(frozen=True)
+class SpawnSpec:
+    binary: Path
+    extra_args: tuple[str, ...]
+    label: str
+    grace_period_seconds: float
+    metrics_port: int
+    runtime_dir: Path
+
+
+def child_env() -> dict[str, str]:
+    env = {k: os.environ[k] for k in ENV_ALLOW if k in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env["NO_AUTOUPDATE"] = "true"
+    return env
+
+
+def build_argv(spec: SpawnSpec, token_file: Path, config_file: Path) -> list[str]:
+    grace = f"{spec.grace_period_seconds:g}s"
+    return [
+        str(spec.binary),
+        "tunnel",
+        "--no-autoupdate",
+        "--config",
+        str(config_file),
+        "--metrics",
+        f"127.0.0.1:{spec.metrics_port}",
+        "--output",
+        "json",
+        "--grace-period",
+        grace,
+        "--label",
+        spec.label,
+        *spec.extra_args,
+        "run",
+        "--token-file",
+        str(token_file),
+    ]
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Create ``path`` with mode 0600 (atomically: temp file + fsync + rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def ensure_runtime_dir(runtime_dir: Path) -> Path:
+    """runtime_dir/replicas (0700) plus the cloudflared config file we own (so no stray
+    /etc/cloudflared/config.yml is ever picked up)."""
+    tokens = runtime_dir / "replicas"
+    tokens.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(tokens, 0o700)
+    cfg = runtime_dir / "cloudflared.yml"
+    if not cfg.exists():
+        cfg.write_text(
+            "# written by tunnelkeeper; every setting comes from the command line\n"
+            "no-autoupdate: true\n"
+        )
+    return tokens
+
+
+class ReplicaProcess:
+    def __init__(
+        self,
+        rid: ReplicaId,
+        spec: SpawnSpec,
+        token: TunnelToken,
+        on_exit: Callable[[ReplicaProcess], None],
+    ) -> None:
+        self.rid = rid
+        self.spec = spec
+        self.token = token
+        self.recent_errors = RecentErrors()
+        self.returncode: int | None = None
+        self.exited = asyncio.Event()
+        self.pid: int | None = None
+        self.create_time: float | None = None
+        self.bind_failed = False
+        self._on_exit = on_exit
+        self._proc: asyncio.subprocess.Process | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._gate = FloodGate()
+        self._log = log.bind(tunnel=rid.tunnel, slot=rid.slot, generation=rid.generation)
+        tokens_dir = ensure_runtime_dir(spec.runtime_dir)
+        self.token_file = tokens_dir / f"{rid.tunnel}.{rid.slot}.{rid.generation}.token"
+
+    async def start(self) -> None:
+        write_private_file(self.token_file, self.token.reveal())
+        argv = build_argv(self.spec, self.token_file, self.spec.runtime_dir / "cloudflared.yml")
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                env=child_env(),
+                start_new_session=True,  # a terminal's Ctrl-C reaches us, and we drain them
+                cwd=str(self.spec.runtime_dir),
+            )
+        except OSError:
+            self.remove_token_file()
+            raise
+        self.pid = self._proc.pid
+        with contextlib.suppress(psutil.Error):
+            self.create_time = psutil.Process(self.pid).create_time()
+        self._log.info(
+            "replica_spawned",
+            pid=self.pid,
+            metrics_port=self.spec.metrics_port,
+            token=self.token.fingerprint,
+        )
+        self._tasks = [
+            asyncio.create_task(self._read_stderr(), name=f"stderr {self.rid}"),
+            asyncio.create_task(self._watch_exit(), name=f"wait {self.rid}"),
+        ]
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self.returncode is None
+
+    async def _watch_exit(self) -> None:
+        assert self._proc is not None
+        self.returncode = await self._proc.wait()
+        # Let the log reader finish the last lines (they explain the exit) before we report.
+        await asyncio.wait(self._tasks[:1], timeout=1.0)
+        self.remove_token_file()
+        self.exited.set()
+        self._log.info(
+            "replica_exited",
+            pid=self.pid,
+            returncode=self.returncode,
+            last_errors=list(self.recent_errors.lines)[-2:],
+        )
+        self._on_exit(self)
+
+    async def _read_stderr(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        stream = self._proc.stderr
+        buf = b""
+        dropping = False
+        while True:
+            try:
+                chunk = await stream.read(READ_CHUNK)
+            except (OSError, ValueError):
+                break
+            if not chunk:
+                break
+            buf += chunk
+            while True:
+                nl = buf.find(b"\n")
+                if nl < 0:
+                    if len(buf) > MAX_LINE_BYTES:
+                        if not dropping:
+                            self._emit(buf[:MAX_LINE_BYTES] + b" [line truncated]")
+                        dropping = True
+                        buf = b""
+                    break
+                line, buf = buf[:nl], buf[nl + 1 :]
+                if dropping:
+                    dropping = False
+                    continue
+                self._emit(line[:MAX_LINE_BYTES])
+        for key, count in self._gate.flush().items():
+            self._log.info("cloudflared_log_suppressed", kind=key, count=count)
+
+    def _emit(self, raw: bytes) -> None:
+        try:
+            self._relay(raw)
+        except Exception as exc:
+            self._log.warning("cloudflared_log_unrelayable", error=type(exc).__name__)
+
+    def _relay(self, raw: bytes) -> None:
+        line = parse_line(raw)
+        if line is None:
+            return
+        self.recent_errors.add(line)
+        if "bind: address already in use" in line.message:
+            self.bind_failed = True
+        admitted, summaries = self._gate.admit(flood_key(line), time.monotonic())
+        for key, count in summaries.items():
+            self._log.info("cloudflared_log_suppressed", kind=key, count=count, window_seconds=60)
+        if admitted:
+            self._log.log(
+                _LEVELS[line.level], "cloudflared_logged", child_message=line.message, **line.fields
+            )
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self._proc is not None and self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(sig)
+
+    async def stop(self, grace_seconds: float | None = None) -> None:
+        """SIGTERM (after SIGCONT, in case it was stopped), wait grace + 5 s, then SIGKILL."""
+        if self._proc is None:
+            return
+        grace = self.spec.grace_period_seconds if grace_seconds is None else grace_seconds
+        if self.returncode is None:
+            self.signal(signal.SIGCONT)
+            self.signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.exited.wait(), timeout=grace + EXTRA_KILL_WAIT_SECONDS)
+            except TimeoutError:
+                self._log.warning("replica_killed", pid=self.pid, after_seconds=grace + 5)
+                self.signal(signal.SIGKILL)
+        await self.exited.wait()
+
+    def remove_token_file(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.token_file.unlink()
+
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}

@@ -1,0 +1,447 @@
+"""Per-tunnel supervision: observe replicas, ask :mod:`policy` what to do, do it.
+
+Each replica has a probe task that polls its /ready (fast while starting, every
+``probe_interval_seconds`` after) and wakes the daemon loop when something changes; exits wake
+it at once. ``converge`` is called from that single loop, so state has one writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from tunnelkeeper import policy
+from tunnelkeeper.backoff import backoff_seconds
+from tunnelkeeper.config import CloudflaredConfig, DaemonConfig, TunnelConfig
+from tunnelkeeper.metrics import Metrics
+from tunnelkeeper.policy import Abandon, Drain, Observed, Phase, Promote, Role, Spawn
+from tunnelkeeper.ports import PortAllocator
+from tunnelkeeper.probe import Prober
+from tunnelkeeper.replica import ReplicaId, ReplicaProcess, SpawnSpec
+from tunnelkeeper.tunneltoken import TunnelToken
+
+STARTING_PROBE_SECONDS = 0.1
+STORM_BACKOFF_CAP_SECONDS = 300.0
+EXIT_BACKOFF_CAP_SECONDS = 30.0
+
+log = structlog.get_logger("tunnelkeeper.supervisor")
+
+
+@dataclass
+class Replica:
+    rid: ReplicaId
+    proc: ReplicaProcess
+    role: Role
+    reason: str
+    started_at: float
+    started_wall: datetime
+    ready_connections: int = 0
+    connector_id: str | None = None
+    ready_at: float | None = None
+    zero_since: float | None = None
+    silent_since: float | None = None
+    version: str | None = None
+    epoch: int = 0  # bumped by a forced roll: same token, new processes
+
+    @property
+    def key(self) -> str:
+        return str(self.rid)
+
+    @property
+    def spec_id(self) -> str:
+        return f"{self.proc.token.fingerprint}:{self.epoch}"
+
+    def observed(self) -> Observed:
+        return Observed(
+            key=self.key,
+            slot=self.rid.slot,
+            role=self.role,
+            started_at=self.started_at,
+            running=self.proc.running,
+            ready_connections=self.ready_connections,
+            ready_at=self.ready_at,
+            zero_since=self.zero_since,
+            silent_since=self.silent_since,
+            token_fingerprint=self.spec_id,
+        )
+
+
+@dataclass
+class SlotState:
+    generation: int = 0
+    exits: deque[float] = field(default_factory=deque)
+    backoff_until: float = 0.0
+    empty_reason: str = "start"
+    restarts: int = 0
+    last_exit: dict[str, object] | None = None
+
+
+class TunnelSupervisor:
+    def __init__(
+        self,
+        cfg: TunnelConfig,
+        daemon: DaemonConfig,
+        cloudflared: CloudflaredConfig,
+        *,
+        ports: PortAllocator,
+        prober: Prober,
+        metrics: Metrics,
+        wake: asyncio.Event,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self.daemon = daemon
+        self.cloudflared = cloudflared
+        self.ports, self.prober, self.metrics, self.wake, self.clock = (
+            ports,
+            prober,
+            metrics,
+            wake,
+            clock,
+        )
+        self.timing = policy.Timing(
+            unhealthy_after_seconds=cfg.unhealthy_after_seconds,
+            unresponsive_after_seconds=daemon.unresponsive_after_seconds,
+            ready_timeout_seconds=daemon.ready_timeout_seconds,
+            min_ready_connections=cfg.min_ready_connections,
+            ha_connections=_ha_connections(cloudflared.args),
+        )
+        self.replicas: dict[str, Replica] = {}
+        self.slots = [SlotState() for _ in range(cfg.replicas)]
+        self.desired: TunnelToken | None = None  # newest valid token from the source
+        self.proven: TunnelToken | None = None  # last token a replica became ready with
+        self.failed_fingerprints: set[str] = set()
+        self.rotation_target: str | None = None
+        self.epoch = 0
+        self.rollout_failures = 0
+        self.storm_backoff_until = 0.0
+        self.storm_attempts = 0
+        self.edge_outage = False
+        self.hold_reason: str | None = None
+        self.token_source_description = ""
+        self.token_error: str | None = None  # why the source has no usable (new) token
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._log = log.bind(tunnel=cfg.name)
+        metrics.tunnel_desired_replicas.labels(cfg.name).set(cfg.replicas)
+
+    # --- tokens ---------------------------------------------------------------------------
+
+    def set_token(self, token: TunnelToken, *, force: bool = False) -> None:
+        if force:
+            self.failed_fingerprints.discard(token.fingerprint)
+        if self.desired is not None and token.fingerprint == self.desired.fingerprint:
+            return
+        self.desired = token
+        if self.proven is None:
+            self.proven = token
+        self._log.info("token_accepted", token=token.fingerprint)
+        self.wake.set()
+
+    def target_token(self) -> TunnelToken | None:
+        """The token replicas should run: the newest, unless it already failed a rotation."""
+        if self.desired is not None and self.desired.fingerprint not in self.failed_fingerprints:
+            return self.desired
+        return self.proven
+
+    # --- the loop body --------------------------------------------------------------------
+
+    def converge(self) -> None:
+        now = self.clock()
+        token = self.target_token()
+        plan = policy.TunnelPlan(
+            replicas=self.cfg.replicas,
+            token_fingerprint=self.spec_for(token),
+            slot_backoff_until=tuple(s.backoff_until for s in self.slots),
+            last_exit_reason=tuple(s.empty_reason for s in self.slots),
+            storm_backoff_until=self.storm_backoff_until,
+        )
+        observed = [r.observed() for r in self.replicas.values()]
+        decision = policy.decide(plan, observed, self.timing, now)
+        self.edge_outage, self.hold_reason = decision.edge_outage_suspected, decision.reason
+        for action in decision.actions:
+            self._apply(action, token, now)
+        self._track_rotation(token)
+        self._export(now)
+
+    def _apply(self, action: policy.Action, token: TunnelToken | None, now: float) -> None:
+        if isinstance(action, Spawn):
+            if token is not None:
+                self._spawn(action.slot, action.role, action.reason, token, now)
+        elif isinstance(action, Promote):
+            new = self.replicas[action.key]
+            old = next(
+                (
+                    r
+                    for r in self.replicas.values()
+                    if r.rid.slot == new.rid.slot and r.role is Role.PRIMARY
+                ),
+                None,
+            )
+            new.role = Role.PRIMARY
+            if old is not None:
+                self._drain(old, new.reason)
+            self._log.info(
+                "replica_promoted",
+                slot=new.rid.slot,
+                generation=new.rid.generation,
+                reason=new.reason,
+            )
+        elif isinstance(action, Drain):
+            self._drain(self.replicas[action.key], action.reason)
+        elif isinstance(action, Abandon):
+            r = self.replicas[action.key]
+            slot = self.slots[r.rid.slot]
+            slot.backoff_until = now + max(self.cfg.unhealthy_after_seconds, 5.0)
+            if self.edge_outage:
+                self.storm_attempts += 1
+                self.storm_backoff_until = now + min(
+                    STORM_BACKOFF_CAP_SECONDS,
+                    self.cfg.unhealthy_after_seconds * 2.0**self.storm_attempts,
+                )
+            if r.reason == "rotation":
+                self._rotation_failed(r)
+            self._log.warning(
+                "replica_abandoned",
+                slot=r.rid.slot,
+                generation=r.rid.generation,
+                reason=action.reason,
+                replacing=r.reason,
+            )
+            self._drain(r, "abandoned")
+
+    def _spawn(self, slot: int, role: Role, reason: str, token: TunnelToken, now: float) -> None:
+        state = self.slots[slot]
+        state.generation += 1
+        rid = ReplicaId(self.cfg.name, slot, state.generation)
+        port = self.ports.allocate()
+        spec = SpawnSpec(
+            binary=self.cloudflared.path,
+            extra_args=self.cloudflared.args,
+            label=f"{self.daemon.host}-{self.cfg.name}-{slot}",
+            grace_period_seconds=self.cfg.grace_period_seconds,
+            metrics_port=port,
+            runtime_dir=self.daemon.runtime_dir,
+        )
+        proc = ReplicaProcess(rid, spec, token, self._on_exit)
+        replica = Replica(rid, proc, role, reason, now, datetime.now(UTC), epoch=self.epoch)
+        self.replicas[replica.key] = replica
+        if reason in ("exited", "no_connections", "unresponsive", "rotation", "upgrade"):
+            state.restarts += 1
+            self.metrics.replica_restarts.labels(self.cfg.name, str(slot), reason).inc()
+        self._start_task(self._run_replica(replica), f"replica {rid}")
+
+    async def _run_replica(self, r: Replica) -> None:
+        try:
+            await r.proc.start()
+        except OSError as exc:
+            self._log.error(
+                "replica_spawn_failed",
+                slot=r.rid.slot,
+                error=str(exc),
+                binary=str(self.cloudflared.path),
+            )
+            self._forget(r, exited=True, returncode=None)
+            return
+        await self._probe_loop(r)
+
+    async def _probe_loop(self, r: Replica) -> None:
+        last_version_at = -1e9
+        while r.proc.running:
+            result = await self.prober.ready(r.proc.spec.metrics_port)
+            now = self.clock()
+            before = r.observed()
+            if result.answered:
+                r.silent_since = None
+                r.connector_id = result.connector_id or r.connector_id
+                r.ready_connections = result.ready_connections
+                if result.ready_connections > 0:
+                    if r.ready_at is None:
+                        r.ready_at = now
+                        self._log.info(
+                            "replica_ready",
+                            slot=r.rid.slot,
+                            generation=r.rid.generation,
+                            startup_seconds=round(now - r.started_at, 3),
+                        )
+                    r.zero_since = None
+                    if r.role is not Role.DRAINING:
+                        self.proven = r.proc.token
+                elif r.zero_since is None and r.ready_at is not None:
+                    r.zero_since = now
+            elif r.silent_since is None:
+                r.silent_since = now
+            if before != r.observed() or result.ready_connections == 0:
+                self.wake.set()
+            if result.answered and now - last_version_at >= self.daemon.metrics_interval_seconds:
+                last_version_at = now
+                r.version = await self.prober.version(r.proc.spec.metrics_port) or r.version
+            interval = (
+                STARTING_PROBE_SECONDS if r.ready_at is None else self.daemon.probe_interval_seconds
+            )
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(r.proc.exited.wait(), timeout=interval)
+
+    def _on_exit(self, proc: ReplicaProcess) -> None:
+        r = self.replicas.get(str(proc.rid))
+        if r is not None:
+            self._forget(r, exited=r.role is not Role.DRAINING, returncode=proc.returncode)
+
+    def _forget(self, r: Replica, *, exited: bool, returncode: int | None) -> None:
+        now = self.clock()
+        self.replicas.pop(r.key, None)
+        self.ports.release(r.proc.spec.metrics_port)
+        slot_no = r.rid.slot
+        if slot_no < len(self.slots) and exited:
+            slot = self.slots[slot_no]
+            slot.last_exit = {
+                "returncode": returncode,
+                "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "errors": list(r.proc.recent_errors.lines),
+                "generation": r.rid.generation,
+            }
+            slot.exits.append(now)
+            while slot.exits and now - slot.exits[0] > self.daemon.crash_loop_window_seconds:
+                slot.exits.popleft()
+            slot.backoff_until = now + backoff_seconds(
+                len(slot.exits), cap_seconds=EXIT_BACKOFF_CAP_SECONDS
+            )
+            if r.role is Role.PRIMARY:
+                slot.empty_reason = "exited"
+            elif r.reason == "rotation":
+                self._rotation_failed(r)
+        self.wake.set()
+
+    def _drain(self, r: Replica, reason: str) -> None:
+        if r.role is Role.DRAINING:
+            return
+        r.role = Role.DRAINING
+        self._log.info(
+            "replica_draining",
+            slot=r.rid.slot,
+            generation=r.rid.generation,
+            reason=reason,
+            pid=r.proc.pid,
+        )
+        self._start_task(r.proc.stop(), f"drain {r.rid}")
+
+    def crash_looping(self, slot: int) -> bool:
+        return len(self.slots[slot].exits) >= self.daemon.crash_loop_restarts
+
+    # --- rotation bookkeeping --------------------------------------------------------------
+
+    def spec_for(self, token: TunnelToken | None) -> str | None:
+        return f"{token.fingerprint}:{self.epoch}" if token is not None else None
+
+    def force_roll(self) -> None:
+        """Roll every replica even though its token is current (``rotate --force``)."""
+        self.epoch += 1
+        self.wake.set()
+
+    def rollout_state(self) -> str:
+        """ "rolling" while a primary is behind the target or a successor is up, else "done"."""
+        spec = self.spec_for(self.target_token())
+        primaries = [r for r in self.replicas.values() if r.role is Role.PRIMARY]
+        if any(r.role is Role.SUCCESSOR for r in self.replicas.values()):
+            return "rolling"
+        if len(primaries) < len(self.slots) or any(r.spec_id != spec for r in primaries):
+            return "rolling"
+        return "done" if all(r.ready_at is not None for r in primaries) else "rolling"
+
+    def _track_rotation(self, token: TunnelToken | None) -> None:
+        spec = self.spec_for(token)
+        if spec is None or token is None:
+            return
+        primaries = [r for r in self.replicas.values() if r.role is Role.PRIMARY]
+        behind = [r for r in primaries if r.spec_id != spec]
+        if behind and self.rotation_target != spec and all(r.ready_at for r in primaries):
+            self.rotation_target = spec
+            self._log.info("rotation_started", token=token.fingerprint, replicas=len(behind))
+        elif self.rotation_target == spec and self.rollout_state() == "done":
+            self.rotation_target = None
+            self.metrics.token_rotations.labels(self.cfg.name, "success").inc()
+            self._log.info("rotation_completed", token=token.fingerprint)
+
+    def _rotation_failed(self, r: Replica) -> None:
+        """A new-token (or forced) successor never became ready: keep the old replicas, and
+        never retry the same token version in a loop."""
+        fp = r.proc.token.fingerprint
+        primaries = [p for p in self.replicas.values() if p.role is Role.PRIMARY]
+        if any(p.proc.token.fingerprint == fp for p in primaries):
+            self.epoch = max(p.epoch for p in primaries)  # a forced roll failed: stand down
+        elif fp in self.failed_fingerprints:
+            return
+        else:
+            self.failed_fingerprints.add(fp)
+        self.rotation_target = None
+        self.rollout_failures += 1
+        self.metrics.token_rotations.labels(self.cfg.name, "failed").inc()
+        self._log.error(
+            "rotation_failed",
+            token=fp,
+            reason="new replica did not become ready at the edge in time",
+        )
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def _start_task(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain_all(self) -> None:
+        """Drain every replica (SIGTERM, grace, SIGKILL) and wait until all have exited."""
+        for r in list(self.replicas.values()):
+            self._drain(r, "shutdown")
+        await asyncio.gather(*(r.proc.exited.wait() for r in list(self.replicas.values())))
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _export(self, now: float) -> None:
+        m, name = self.metrics, self.cfg.name
+        ready = 0
+        for slot in range(len(self.slots)):
+            r = self.primary(slot)
+            up = r is not None and r.proc.running
+            conns = r.ready_connections if r is not None else 0
+            ready += 1 if up and conns > 0 else 0
+            m.replica_up.labels(name, str(slot)).set(1 if up else 0)
+            m.replica_ready_connections.labels(name, str(slot)).set(conns)
+            m.replica_crash_looping.labels(name, str(slot)).set(
+                1 if self.crash_looping(slot) else 0
+            )
+            phase = self.phase(r, now) if r is not None else Phase.EXITED
+            for p in Phase:
+                m.replica_state.labels(name, str(slot), p.value).set(1 if p is phase else 0)
+        m.tunnel_ready_replicas.labels(name).set(ready)
+        m.tunnel_token_valid.labels(name).set(1 if self.target_token() else 0)
+
+    def primary(self, slot: int) -> Replica | None:
+        return next(
+            (r for r in self.replicas.values() if r.rid.slot == slot and r.role is Role.PRIMARY),
+            None,
+        )
+
+    def phase(self, r: Replica, now: float) -> Phase:
+        return policy.phase_of(r.observed(), self.timing, now)
+
+
+def _ha_connections(args: tuple[str, ...]) -> int:
+    for i, a in enumerate(args):
+        if a.startswith("--ha-connections="):
+            value = a.split("=", 1)[1]
+        elif a == "--ha-connections" and i + 1 < len(args):
+            value = args[i + 1]
+        else:
+            continue
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 4
