@@ -1,0 +1,294 @@
+"""Delivery: one asyncio worker per sink drains that sink's outbox rows in order.
+
+A slow or failing sink only ever delays itself: each sink has its own worker, HTTP client and
+retry schedule, and :meth:`Dispatcher.enqueue` is a local SQLite write (no fsync, see outbox.py),
+so the supervision loop never waits on a network. Per sink the outbox is FIFO, so a resolve never
+overtakes its fire; a row in backoff holds back the rows behind it on that sink only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import structlog
+
+from tunnelkeeper.alerts.catalog import SEVERITY_RANK
+from tunnelkeeper.alerts.notification import Notification
+from tunnelkeeper.alerts.outbox import Outbox, OutboxError, OutboxRow
+from tunnelkeeper.alerts.resend import RESEND_INTERVAL_SECONDS, RESOLVED_WINDOW_SECONDS, ResendBook
+from tunnelkeeper.alerts.retry import (
+    BACKOFF_BASE_SECONDS,
+    BACKOFF_CAP_SECONDS,
+    Outcome,
+    classify,
+    next_delay_seconds,
+    retry_after_seconds,
+)
+from tunnelkeeper.alerts.sinks import SinkError, build_request, describe_exception, secrets_of
+from tunnelkeeper.config import SinkConfig
+from tunnelkeeper.metrics import Metrics
+
+log = structlog.get_logger("tunnelkeeper.alerts")
+
+Clock = Callable[[], float]
+# how much of an error response body is kept as the reason (it is read, never trusted)
+_SNIPPET_BYTES = 300
+CHECKPOINT_INTERVAL_SECONDS = 10.0
+
+
+def wants(sink: SinkConfig, n: Notification) -> bool:
+    """Severity routing: the sink gets notifications at or above its min_severity."""
+    return SEVERITY_RANK.get(n.alert.severity, 1) >= SEVERITY_RANK.get(sink.min_severity, 0)
+
+
+async def post(
+    client: httpx.AsyncClient, sink: SinkConfig, batch: Sequence[Notification]
+) -> tuple[Outcome, str, float | None]:
+    """One attempt: (outcome, secret-free description, Retry-After seconds or None)."""
+    try:
+        request = build_request(sink, batch, datetime.now(UTC))
+        async with client.stream(
+            "POST", request.url, content=request.body, headers=dict(request.headers)
+        ) as response:
+            snippet = b""
+            async for chunk in response.aiter_bytes():
+                snippet += chunk
+                if len(snippet) >= _SNIPPET_BYTES:
+                    break
+    except (SinkError, httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+        # ValueError covers header values httpx cannot encode; all are config problems that a
+        # fixed file or URL cures, so they are retried rather than given up
+        return Outcome.TRANSIENT, describe_exception(exc, sink), None
+    outcome = classify(response.status_code)
+    text = f"HTTP {response.status_code}"
+    detail = snippet[:_SNIPPET_BYTES].decode("utf-8", "replace").strip()
+    if outcome is not Outcome.DELIVERED and detail:
+        for secret in secrets_of(sink):
+            detail = detail.replace(secret, "<redacted>")
+        text += f": {detail}"
+    return outcome, text, retry_after_seconds(response.headers.get("Retry-After"))
+
+
+class _SinkWorker:
+    def __init__(self, dispatcher: Dispatcher, sink: SinkConfig) -> None:
+        self.d = dispatcher
+        self.sink = sink
+        self.wake = asyncio.Event()
+        self.resends: ResendBook | None = None
+        if sink.kind == "alertmanager":
+            self.resends = ResendBook(
+                dispatcher.resend_interval_seconds, dispatcher.resolved_window
+            )
+        self._head_seq: int | None = None
+        self._failures = 0
+        self._retry_deadline = 0.0
+        self.last_error: str | None = None
+
+    async def run(self) -> None:
+        timeout = httpx.Timeout(self.sink.timeout_seconds)
+        async with httpx.AsyncClient(
+            timeout=timeout, follow_redirects=False, transport=self.d.transport
+        ) as client:
+            self._seed_resends()
+            while True:
+                try:
+                    deadline = await self._step(client)
+                except OutboxError as exc:
+                    log.error("alert_outbox_failed", sink=self.sink.name, error=str(exc))
+                    deadline = self.d.clock() + 1.0
+                await self._sleep_until(deadline)
+
+    async def _step(self, client: httpx.AsyncClient) -> float | None:
+        """Do what is due; return the next deadline (None: wait for new rows)."""
+        while True:
+            now = self.d.clock()
+            row = self.d.outbox.next_pending(self.sink.name)
+            if row is not None and row.seq != self._head_seq:
+                self._head_seq, self._failures, self._retry_deadline = row.seq, 0, now
+            if row is not None and now >= self._retry_deadline:
+                await self._attempt(client, row)
+                continue
+            due = self.resends.due(now) if self.resends is not None else []
+            if due:
+                outcome, text, _ = await post(client, self.sink, due)
+                if outcome is not Outcome.DELIVERED:
+                    log.warning("alert_resend_failed", sink=self.sink.name, error=text)
+                continue
+            deadlines = [self._retry_deadline] if row is not None else []
+            if self.resends is not None and (resend_at := self.resends.next_deadline()) is not None:
+                deadlines.append(resend_at)
+            return min(deadlines) if deadlines else None
+
+    async def _attempt(self, client: httpx.AsyncClient, row: OutboxRow) -> None:
+        n = row.notification
+        outcome, text, retry_after = await post(client, self.sink, [n])
+        fields: dict[str, Any] = {"sink": self.sink.name, "notification_id": n.id}
+        if outcome is Outcome.DELIVERED:
+            self.d.outbox.mark_delivered(row.seq)
+            self.last_error = None
+            self._count("delivered")
+            if self.resends is not None:
+                self.resends.record(n, self.d.clock())
+            log.info("alert_delivered", alertname=n.alert.alertname, status=n.status, **fields)
+        elif outcome is Outcome.PERMANENT:
+            self.d.outbox.mark_failed(row.seq, text)
+            self.last_error = text
+            self._count("failed")
+            log.error("alert_delivery_given_up", reason=text, **fields)
+        else:
+            self._failures += 1
+            delay = next_delay_seconds(
+                self._failures, retry_after, self.d.rng, self.d.backoff_base, self.d.backoff_cap
+            )
+            self._retry_deadline = self.d.clock() + delay
+            self.d.outbox.mark_retry(row.seq, text, delay)
+            self.last_error = text
+            self._count("retry")
+            log.warning(
+                "alert_delivery_deferred", error=text, retry_in_seconds=round(delay, 2), **fields
+            )
+
+    def _count(self, result: str) -> None:
+        self.d.metrics.alert_deliveries.labels(sink=self.sink.name, result=result).inc()
+        self.d.update_pending()
+
+    def _seed_resends(self) -> None:
+        """After a restart, pick up re-sends of what this sink last delivered."""
+        if self.resends is None:
+            return
+        now, wall = self.d.clock(), time.time()
+        try:
+            rows = self.d.outbox.latest_delivered(self.sink.name)
+        except OutboxError:
+            return
+        for row in rows:
+            n = row.notification
+            if n.is_firing:
+                self.resends.record(n, now)
+            elif n.ends_at is not None:
+                left = self.d.resolved_window - (wall - n.ends_at.timestamp())
+                if left > 0:
+                    self.resends.record(n, now, window_seconds=left)
+
+    async def _sleep_until(self, deadline: float | None) -> None:
+        timeout = None if deadline is None else max(0.0, deadline - self.d.clock())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), timeout)
+        self.wake.clear()
+
+
+class Dispatcher:
+    """Routes notifications to sinks through the outbox and delivers them in the background.
+
+    Pass the engine's snapshot with each :meth:`enqueue` so the firing set is stored in the same
+    transaction as its notifications (see :class:`tunnelkeeper.alerts.AlertPipeline`).
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        sinks: Sequence[SinkConfig],
+        metrics: Metrics,
+        clock: Clock = time.monotonic,
+        *,
+        rng: random.Random | None = None,
+        backoff_base_seconds: float = BACKOFF_BASE_SECONDS,
+        backoff_cap_seconds: float = BACKOFF_CAP_SECONDS,
+        resend_interval_seconds: float = RESEND_INTERVAL_SECONDS,
+        resolved_resend_seconds: float = RESOLVED_WINDOW_SECONDS,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.sinks = tuple(sinks)
+        self.metrics = metrics
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.backoff_base = backoff_base_seconds
+        self.backoff_cap = backoff_cap_seconds
+        self.resend_interval_seconds = resend_interval_seconds
+        self.resolved_window = resolved_resend_seconds
+        self.transport = transport
+        self._workers = [_SinkWorker(self, sink) for sink in self.sinks]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        for worker in self._workers:
+            name = f"alerts-{worker.sink.name}"
+            self._tasks.append(asyncio.create_task(self._supervise(worker), name=name))
+        self._tasks.append(asyncio.create_task(self._checkpoints(), name="alerts-checkpoint"))
+        self.update_pending()
+
+    async def _checkpoints(self) -> None:
+        """Keep the outbox's fsyncs off the event loop (enqueue itself never waits on disk)."""
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL_SECONDS)
+            await asyncio.to_thread(self.outbox.checkpoint)
+
+    async def _supervise(self, worker: _SinkWorker) -> None:
+        while True:
+            try:
+                await worker.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug must not end delivery for good
+                log.exception("alert_worker_crashed", sink=worker.sink.name)
+                await asyncio.sleep(1.0)
+
+    def enqueue(
+        self, notifications: Sequence[Notification], engine_state: Mapping[str, Any] | None = None
+    ) -> int:
+        """Write the notifications (one row per sink that wants them) and wake those sinks.
+
+        Returns the rows written. Never raises: an outbox failure is logged.
+        """
+        rows = [(s.name, n) for n in notifications for s in self.sinks if wants(s, n)]
+        if not rows and engine_state is None:
+            return 0
+        added = 0
+        for attempt in (1, 2):  # the outbox replaces a corrupt file on failure; try once more
+            try:
+                added = self.outbox.add(rows, engine_state)
+                break
+            except OutboxError as exc:
+                log.error("alert_outbox_write_failed", attempt=attempt, error=str(exc))
+        wanted = {name for name, _ in rows}
+        for worker in self._workers:
+            if worker.sink.name in wanted:
+                worker.wake.set()
+        self.update_pending()
+        return added
+
+    def update_pending(self) -> None:
+        with contextlib.suppress(OutboxError):
+            self.metrics.alert_outbox_pending.set(self.outbox.pending_count())
+
+    def sink_status(self) -> list[dict[str, Any]]:
+        out = []
+        for worker in self._workers:
+            try:
+                pending = self.outbox.pending_count(worker.sink.name)
+            except OutboxError:
+                pending = -1
+            out.append(
+                {
+                    "sink": worker.sink.name,
+                    "kind": worker.sink.kind,
+                    "pending": pending,
+                    "last_error": worker.last_error,
+                }
+            )
+        return out
+
+    async def aclose(self) -> None:
+        """Stop promptly; undelivered rows stay in the outbox for the next start."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()

@@ -1,0 +1,63 @@
+"""Alertmanager re-sends: what to re-post, and when.
+
+Alertmanager expires a firing alert that is not re-posted within resolve_timeout, and a restarted
+Alertmanager only learns about a resolve if it is re-posted. So after a sink has durably delivered
+a notification, the latest state of each alert instance is re-posted every ``interval_seconds``:
+firing ones for as long as they fire, resolved ones for ``resolved_window_seconds``. Re-sends are
+best-effort and not stored; the fire and the resolve themselves are outbox rows, and a re-send
+never goes out before its row was delivered, so it cannot overtake it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tunnelkeeper.alerts.notification import Notification
+
+RESEND_INTERVAL_SECONDS = 45.0
+RESOLVED_WINDOW_SECONDS = 300.0
+
+
+@dataclass
+class _Entry:
+    notification: Notification
+    next_deadline: float
+    until_deadline: float | None  # None while firing
+
+
+class ResendBook:
+    def __init__(
+        self,
+        interval_seconds: float = RESEND_INTERVAL_SECONDS,
+        resolved_window_seconds: float = RESOLVED_WINDOW_SECONDS,
+    ) -> None:
+        self.interval_seconds = interval_seconds
+        self.resolved_window_seconds = resolved_window_seconds
+        self._entries: dict[str, _Entry] = {}
+
+    def record(self, n: Notification, now: float, window_seconds: float | None = None) -> None:
+        """``n`` was delivered at ``now``; keep re-posting its state from then on."""
+        until = None
+        if not n.is_firing:
+            until = now + (
+                self.resolved_window_seconds if window_seconds is None else window_seconds
+            )
+        self._entries[n.alert.fingerprint] = _Entry(n, now + self.interval_seconds, until)
+
+    def due(self, now: float) -> list[Notification]:
+        """The notifications to re-post now; their next re-send is scheduled an interval later."""
+        out = []
+        for key, entry in list(self._entries.items()):
+            if entry.until_deadline is not None and now >= entry.until_deadline:
+                del self._entries[key]
+            elif now >= entry.next_deadline:
+                entry.next_deadline = now + self.interval_seconds
+                out.append(entry.notification)
+        return out
+
+    def next_deadline(self) -> float | None:
+        deadlines = [e.next_deadline for e in self._entries.values()]
+        return min(deadlines) if deadlines else None
+
+    def __len__(self) -> int:
+        return len(self._entries)
