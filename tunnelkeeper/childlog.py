@@ -116,13 +116,15 @@ class FloodGate:
 
 @dataclass
 class RecentErrors:
-    """The last few warning-or-worse messages of a replica, for status after it exits."""
+    """The last few warning-or-worse (or plain-text) messages of a replica, for status after
+    it exits."""
 
     size: int = 5
     lines: deque[str] = field(default_factory=lambda: deque(maxlen=5))
 
     def add(self, line: ChildLine) -> None:
-        if line.level in ("warning", "error", "critical"):
+        # Plain-text lines are how cloudflared reports fatal start errors (bad token, port taken).
+        if line.level in ("warning", "error", "critical") or line.fields.get("unparsed"):
             err = line.fields.get("error")
             text = f"{line.message}: {err}" if isinstance(err, str) and err else line.message
             if not self.lines or self.lines[-1] != text:

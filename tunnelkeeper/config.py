@@ -167,6 +167,8 @@ class SinkConfig:
 @dataclass(frozen=True)
 class AlertsConfig:
     for_seconds: float = 5.0
+    # a firing alert resolves once its condition has been clear this long (flap damping)
+    resolve_hold_seconds: float = 30.0
     overrides: Mapping[str, AlertOverride] = field(default_factory=dict)
     sinks: tuple[SinkConfig, ...] = ()
 

@@ -7,20 +7,10 @@ from collections import Counter
 from pathlib import Path
 
 from tunnelkeeper.config import SEVERITIES, AlertOverride, AlertsConfig, SinkConfig
+from tunnelkeeper.alerts.catalog import ALERT_NAMES
 from tunnelkeeper.configfields import Section
 from tunnelkeeper.configwording import describe, suggestion
 
-ALERT_NAMES = (
-    "ReplicaDown",
-    "ReplicaNoEdgeConnections",
-    "TunnelDegraded",
-    "TunnelDown",
-    "ReplicaCrashLooping",
-    "TokenRotationFailed",
-    "TokenSourceUnavailable",
-    "FleetConnectorsLow",
-    "CloudflaredOutdated",
-)
 SINK_KINDS = ("webhook", "slack", "pagerduty", "alertmanager")
 PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
 SINK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -39,6 +29,9 @@ def read_alerts(top: Section) -> AlertsConfig:
     a = top.table("alerts") or Section({}, ("alerts",), top.problems)
     config = AlertsConfig(
         for_seconds=a.number("for_seconds", AlertsConfig.for_seconds, ge=0),
+        resolve_hold_seconds=a.number(
+            "resolve_hold_seconds", AlertsConfig.resolve_hold_seconds, ge=0
+        ),
         overrides=_read_overrides(a),
         sinks=_read_sinks(a),
     )

@@ -18,6 +18,8 @@ from typing import Any
 import structlog
 
 from tunnelkeeper import __version__
+from tunnelkeeper.alerts import AlertPipeline
+from tunnelkeeper.conditions import tunnel_conditions
 from tunnelkeeper.config import Config
 from tunnelkeeper.ledger import LedgerEntry, reap_leftovers, write_ledger
 from tunnelkeeper.logconfig import configure
@@ -51,6 +53,15 @@ class Daemon:
         self._ready_sent = False
         self._status_line = ""
         self._ledger_key: tuple[tuple[Any, ...], ...] = ()
+        self.alerts = AlertPipeline(
+            config.daemon.host,
+            config.alerts,
+            config.daemon.state_dir,
+            self.metrics,
+            clock=clock,
+            generator_url=f"http://{config.daemon.listen}/status",
+            resolve_hold_seconds=config.alerts.resolve_hold_seconds,
+        )
         self.web = DaemonWeb(
             metrics=self.metrics.exposition,
             healthz=self.healthz,
@@ -98,6 +109,7 @@ class Daemon:
             )
             self.sups[t.name] = sup
             self.feeds[t.name] = TokenFeed(t, sup, self.metrics, clock=self.clock)
+        await self.alerts.start()
         for feed in self.feeds.values():
             await feed.start()
         log.info(
@@ -120,6 +132,7 @@ class Daemon:
         while not self.stop_requested.is_set():
             for sup in self.sups.values():
                 sup.converge()
+            self._observe_alerts()
             self._write_ledger()
             self._notify_systemd()
             now = self.clock()
@@ -146,6 +159,7 @@ class Daemon:
             await feed.aclose()
         await asyncio.gather(*(sup.drain_all() for sup in self.sups.values()))
         self._write_ledger()
+        await self.alerts.aclose()
         await self.web.aclose()
         await self.prober.aclose()
         log.info("daemon_stopped")
@@ -155,6 +169,15 @@ class Daemon:
         log.info("sighup_received", action="re-reading token sources")
         for feed in self.feeds.values():
             feed.poll_now()
+
+    def _observe_alerts(self) -> None:
+        now = self.clock()
+        conditions = []
+        for name, sup in self.sups.items():
+            conditions += tunnel_conditions(
+                sup, now, source_unavailable=self.feeds[name].unavailable
+            )
+        self.alerts.observe(conditions)
 
     # --- systemd, ledger -----------------------------------------------------------------------
 
@@ -229,7 +252,11 @@ class Daemon:
             "uptime_seconds": round(now - self.started_at, 1),
             "started_at": self.started_wall.isoformat(timespec="seconds"),
             "tunnels": [tunnel_status(s, now) for s in self.sups.values()],
-            "alerts_firing": [],
+            "alerts_firing": sorted(
+                "/".join([a.alertname, *(a.labels[k] for k in ("tunnel", "slot") if k in a.labels)])
+                for a in self.alerts.firing()
+            ),
+            "alerts": self.alerts.status(),
         }
 
     async def rotate(self, tunnel: str | None, force: bool) -> dict[str, Any]:

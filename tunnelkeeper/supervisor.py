@@ -299,6 +299,9 @@ class TunnelSupervisor:
         self.replicas.pop(r.key, None)
         self.ports.release(r.proc.spec.metrics_port)
         slot_no = r.rid.slot
+        if r.proc.bind_failed:
+            self._log.warning("metrics_port_taken", port=r.proc.spec.metrics_port,
+                              action="restarting on another port")
         if slot_no < len(self.slots) and exited:
             slot = self.slots[slot_no]
             slot.last_exit = {

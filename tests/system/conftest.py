@@ -47,3 +47,8 @@ def run_daemon(tmp_path: Path, sim: Sim) -> Iterator[Callable[..., Daemon]]:
     for p in leftovers:
         p.kill()
     assert not leftovers, f"replicas left behind: {[p.pid for p in leftovers]}"
+
+
+@pytest.fixture
+def origin_url(origin: Origin) -> str:
+    return origin.url

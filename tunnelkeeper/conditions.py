@@ -1,0 +1,87 @@
+"""What is wrong right now, as alert conditions: a pure reading of the supervisors' state.
+
+The alert engine decides when a condition has held long enough to page, and when it is over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tunnelkeeper.alerts import Condition
+from tunnelkeeper.policy import Role
+from tunnelkeeper.supervisor import TunnelSupervisor
+
+
+def tunnel_conditions(
+    sup: TunnelSupervisor, now: float, *, source_unavailable: bool
+) -> list[Condition]:
+    name = sup.cfg.name
+    out: list[Condition] = []
+    ready = 0
+    for slot in range(len(sup.slots)):
+        labels = {"tunnel": name, "slot": str(slot)}
+        primary = sup.primary(slot)
+        if sup.crash_looping(slot):
+            last = sup.slots[slot].last_exit or {}
+            out.append(
+                Condition(
+                    "ReplicaCrashLooping",
+                    labels,
+                    details={
+                        "exits_in_window": str(len(sup.slots[slot].exits)),
+                        "last_returncode": str(last.get("returncode")),
+                    },
+                )
+            )
+        if primary is None or not primary.proc.running:
+            if sup.target_token() is not None:  # without a token, TunnelDown says it all
+                out.append(Condition("ReplicaDown", labels))
+            continue
+        if primary.ready_connections > 0:
+            ready += 1
+            continue
+        started_long_ago = now - primary.started_at >= sup.daemon.ready_timeout_seconds
+        if primary.ready_at is not None or started_long_ago:
+            # A successor being started for it does not make it better for on-call.
+            out.append(
+                Condition(
+                    "ReplicaNoEdgeConnections",
+                    labels,
+                    details={
+                        "replacement_in_progress": str(
+                            any(
+                                r.rid.slot == slot and r.role is Role.SUCCESSOR
+                                for r in sup.replicas.values()
+                            )
+                        ).lower(),
+                    },
+                )
+            )
+    desired = len(sup.slots)
+    tunnel = {"tunnel": name}
+    if desired and ready == 0:
+        detail = {
+            "reason": sup.hold_reason or sup.token_error or "no replica has an edge connection"
+        }
+        out.append(Condition("TunnelDown", tunnel, details=detail))
+    elif ready < desired:
+        out.append(
+            Condition(
+                "TunnelDegraded", tunnel, details={"ready": str(ready), "desired": str(desired)}
+            )
+        )
+    if sup.desired is not None and sup.desired.fingerprint in sup.failed_fingerprints:
+        out.append(
+            Condition("TokenRotationFailed", tunnel, details={"token": sup.desired.fingerprint})
+        )
+    if source_unavailable:
+        out.append(
+            Condition(
+                "TokenSourceUnavailable", tunnel, details={"error": sup.token_error or "unknown"}
+            )
+        )
+    return out
+
+
+def all_conditions(parts: Iterable[list[Condition]]) -> list[Condition]:
+    return [c for part in parts for c in part]
