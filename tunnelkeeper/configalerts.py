@@ -6,8 +6,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from tunnelkeeper.config import SEVERITIES, AlertOverride, AlertsConfig, SinkConfig
 from tunnelkeeper.alerts.catalog import ALERT_NAMES
+from tunnelkeeper.config import SEVERITIES, AlertOverride, AlertsConfig, SinkConfig
 from tunnelkeeper.configfields import Section
 from tunnelkeeper.configwording import describe, suggestion
 

@@ -17,8 +17,9 @@ RunDaemon = Callable[..., Daemon]
 
 
 def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TUNNELKEEPER, *args], capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    return subprocess.run(
+        [TUNNELKEEPER, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def test_check_reports_every_config_problem_with_its_key(tmp_path: Path) -> None:
@@ -32,8 +33,12 @@ def test_check_reports_every_config_problem_with_its_key(tmp_path: Path) -> None
     assert out.returncode == 1
     text = out.stdout + out.stderr
     assert "Traceback" not in text
-    for key in ("daemon.listen", "daemon.probe_interval_secs", "tunnel[0].replicas",
-                "tunnel[1].token.source"):
+    for key in (
+        "daemon.listen",
+        "daemon.probe_interval_secs",
+        "tunnel[0].replicas",
+        "tunnel[1].token.source",
+    ):
         assert key in text, text
     assert 'did you mean "probe_interval_seconds"' in text
     # `run` refuses the same file and starts nothing
@@ -45,7 +50,9 @@ def test_check_reports_every_config_problem_with_its_key(tmp_path: Path) -> None
 def test_check_passes_on_a_good_config_and_names_the_binary_problem(
     tmp_path: Path, sim: Sim
 ) -> None:
-    good = daemon_config(tmp_path, sim, tunnels={"portal": {"id": f'"{sim.info["tunnels"]["portal"]}"'}})
+    good = daemon_config(
+        tmp_path, sim, tunnels={"portal": {"id": f'"{sim.info["tunnels"]["portal"]}"'}}
+    )
     out = run_cli("check", "-c", str(good))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "cloudflared 2026.8.2" in out.stdout
@@ -59,8 +66,9 @@ def test_check_passes_on_a_good_config_and_names_the_binary_problem(
 
 
 def test_check_refuses_a_token_for_another_tunnel(tmp_path: Path, sim: Sim) -> None:
-    cfg = daemon_config(tmp_path, sim, tunnels={"portal": {
-        "id": '"00000000-0000-4000-8000-000000000000"'}})
+    cfg = daemon_config(
+        tmp_path, sim, tunnels={"portal": {"id": '"00000000-0000-4000-8000-000000000000"'}}
+    )
     out = run_cli("check", "-c", str(cfg))
     assert out.returncode == 1
     assert "tunnel[0].token" in out.stdout and "00000000-0000-4000-8000-000000000000" in out.stdout
@@ -97,8 +105,9 @@ def test_replica_that_prints_garbage_does_not_hurt_the_daemon(
     tmp_path: Path, sim: Sim, run_daemon: RunDaemon
 ) -> None:
     wrapper = tmp_path / "cloudflared-garbage"
-    wrapper.write_text(f"#!/bin/sh\nexec env CLOUDFLARED_SIM_FAULT=garbage-output "
-                       f"{CLOUDFLARED_SIM} \"$@\"\n")
+    wrapper.write_text(
+        f'#!/bin/sh\nexec env CLOUDFLARED_SIM_FAULT=garbage-output {CLOUDFLARED_SIM} "$@"\n'
+    )
     wrapper.chmod(0o755)
     d = run_daemon(cloudflared=str(wrapper))
     d.wait_ready("portal", 2)
@@ -125,8 +134,13 @@ def test_log_flood_from_an_unreachable_edge_is_summarised(
 
     d2 = start_daemon(cfg)
     try:
-        wait_until(lambda: d2.tunnel("portal")["replicas"]
-                   and d2.tunnel("portal")["replicas"][0]["uptime_seconds"] > 3, timeout=15)
+        wait_until(
+            lambda: (
+                d2.tunnel("portal")["replicas"]
+                and d2.tunnel("portal")["replicas"][0]["uptime_seconds"] > 3
+            ),
+            timeout=15,
+        )
     finally:
         d2.stop()
     out = d2.output()
@@ -153,11 +167,15 @@ def test_metrics_port_taken_by_another_program_is_retried_on_another_port(
     exits: list[int | None] = []
 
     async def go() -> ReplicaProcess:
-        spec = SpawnSpec(Path(CLOUDFLARED_SIM), ("--edge", sim.edge), "t", 1.0, port,
-                         tmp_path / "run")
-        proc = ReplicaProcess(ReplicaId("portal", 0, 1), spec,
-                              TunnelToken.parse(sim.token("portal")),
-                              lambda p: exits.append(p.returncode))
+        spec = SpawnSpec(
+            Path(CLOUDFLARED_SIM), ("--edge", sim.edge), "t", 1.0, port, tmp_path / "run"
+        )
+        proc = ReplicaProcess(
+            ReplicaId("portal", 0, 1),
+            spec,
+            TunnelToken.parse(sim.token("portal")),
+            lambda p: exits.append(p.returncode),
+        )
         await proc.start()
         await asyncio.wait_for(proc.exited.wait(), 15)
         return proc
