@@ -7,6 +7,7 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.alerts.conftest import alertmanager, receivers  # noqa: F401 - shared fixtures
 from tests.harness import Daemon, Sim, daemon_config, start_daemon, start_sim
 from tests.origin import Origin
 

@@ -14,7 +14,7 @@ import psutil
 import pytest
 from standardwebhooks import Webhook
 
-from tests.alerts.conftest import Alertmanager, alertmanager, receivers  # noqa: F401 - fixtures
+from tests.alerts.conftest import Alertmanager
 from tests.alerts.receiver import Receiver, Recorded
 from tests.harness import Daemon, Sim, daemon_config, start_daemon
 from tests.waiting import free_port, wait_until
@@ -70,7 +70,7 @@ def verify_all(receiver: Receiver, secret: str) -> int:
 
 
 @pytest.fixture
-def webhook(receivers: Callable[..., Receiver]) -> Receiver:  # noqa: F811
+def webhook(receivers: Callable[..., Receiver]) -> Receiver:
     return receivers()
 
 
@@ -120,7 +120,7 @@ def test_partition_pages_no_edge_connections_then_resolves_on_heal(
     # Every delivery carries a valid Standard Webhooks signature; a tampered body fails.
     assert verify_all(webhook, whsec[0]) >= 2
     r: Recorded = webhook.received("/hook")[0]
-    with pytest.raises(Exception, match="(?i)signature"):
+    with pytest.raises(Exception, match=r"(?i)signature"):
         Webhook(whsec[0]).verify(
             r.body.replace(b"portal", b"p0rtal"),
             {k: r.headers[k] for k in ("webhook-id", "webhook-timestamp", "webhook-signature")},
@@ -181,7 +181,7 @@ def test_pages_survive_receiver_outage_and_daemon_kill_9(
     tmp_path: Path,
     sim: Sim,
     whsec: tuple[str, Path],
-    receivers: Callable[..., Receiver],  # noqa: F811
+    receivers: Callable[..., Receiver],
     alerting_daemon: Callable[..., Daemon],
 ) -> None:
     port = free_port()  # the receiver will live here, but is down for the whole fault
@@ -224,7 +224,7 @@ def test_alert_reaches_real_alertmanager_and_resolves(
     tmp_path: Path,
     sim: Sim,
     alertmanager: Alertmanager,
-    whsec: tuple[str, Path],  # noqa: F811
+    whsec: tuple[str, Path],
 ) -> None:
     cfg = daemon_config(
         tmp_path,
