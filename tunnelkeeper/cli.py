@@ -70,7 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("sim", help="run the Cloudflare simulator", add_help=False)
     p = sub.add_parser("demo", help="simulator + daemon + alert receiver, live status")
-    p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--replicas", type=int, default=2, help="replicas of the demo tunnel")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop by itself after this long (default: until Ctrl-C)",
+    )
     return parser
 
 
@@ -129,5 +136,5 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "demo":
         from tunnelkeeper.demo import demo_command
 
-        return demo_command(replicas=args.replicas)
+        return demo_command(replicas=args.replicas, duration=args.duration)
     raise AssertionError(f"unhandled command {cmd}")
