@@ -31,6 +31,8 @@ from tunnelkeeper.tunneltoken import TunnelToken
 STARTING_PROBE_SECONDS = 0.1
 STORM_BACKOFF_CAP_SECONDS = 300.0
 EXIT_BACKOFF_CAP_SECONDS = 30.0
+# A replica ready this long before it exits is not part of a crash loop.
+STABLE_SECONDS = 5.0
 
 log = structlog.get_logger("tunnelkeeper.supervisor")
 
@@ -310,6 +312,8 @@ class TunnelSupervisor:
                 "errors": list(r.proc.recent_errors.lines),
                 "generation": r.rid.generation,
             }
+            if r.ready_at is not None and now - r.ready_at >= STABLE_SECONDS:
+                slot.exits.clear()  # it had been serving fine: a fresh failure, no backoff
             slot.exits.append(now)
             while slot.exits and now - slot.exits[0] > self.daemon.crash_loop_window_seconds:
                 slot.exits.popleft()
