@@ -19,10 +19,12 @@ import structlog
 
 from tunnelkeeper import __version__
 from tunnelkeeper.alerts import AlertPipeline
+from tunnelkeeper.cfapi import CloudflareAPI
 from tunnelkeeper.conditions import tunnel_conditions
 from tunnelkeeper.config import Config
+from tunnelkeeper.fleet import FleetPoller
 from tunnelkeeper.ledger import LedgerEntry, reap_leftovers, write_ledger
-from tunnelkeeper.logconfig import configure
+from tunnelkeeper.logconfig import SECRETS, configure
 from tunnelkeeper.metrics import Metrics
 from tunnelkeeper.notify import Notifier
 from tunnelkeeper.ports import PortAllocator
@@ -49,6 +51,9 @@ class Daemon:
         self.started_wall = datetime.now(UTC)
         self.last_tick_at = clock()
         self.sups: dict[str, TunnelSupervisor] = {}
+        self.fleet: FleetPoller | None = None
+        self.fleet_error: str | None = None
+        self._fleet_task: asyncio.Task[None] | None = None
         self.feeds: dict[str, TokenFeed] = {}
         self._ready_sent = False
         self._status_line = ""
@@ -109,7 +114,10 @@ class Daemon:
             )
             self.sups[t.name] = sup
             self.feeds[t.name] = TokenFeed(t, sup, self.metrics, clock=self.clock)
+        for sink in cfg.alerts.sinks:
+            self.metrics.declare_sink(sink.name)
         await self.alerts.start()
+        self._start_fleet()
         for feed in self.feeds.values():
             await feed.start()
         log.info(
@@ -157,6 +165,7 @@ class Daemon:
         log.info("daemon_stopping", replicas=sum(len(s.replicas) for s in self.sups.values()))
         for feed in self.feeds.values():
             await feed.aclose()
+        await self._stop_fleet()
         await asyncio.gather(*(sup.drain_all() for sup in self.sups.values()))
         self._write_ledger()
         await self.alerts.aclose()
@@ -177,7 +186,40 @@ class Daemon:
             conditions += tunnel_conditions(
                 sup, now, source_unavailable=self.feeds[name].unavailable
             )
+        if self.fleet is not None:
+            conditions += self.fleet.conditions()
         self.alerts.observe(conditions)
+
+    def _start_fleet(self) -> None:
+        fleet = self.config.fleet
+        if fleet is None:
+            return
+        try:
+            api_token = fleet.api_token_file.read_text().strip()
+        except OSError as exc:
+            self.fleet_error = f"fleet.api_token_file: {exc.strerror or exc}"
+            log.error("fleet_disabled", key="fleet.api_token_file", error=self.fleet_error)
+            return
+        SECRETS.add(api_token)
+        api = CloudflareAPI(fleet.api_url, fleet.account_id, api_token)
+        self.fleet = FleetPoller(
+            fleet,
+            self.config.tunnels,
+            self.metrics,
+            api=api,
+            local_connectors=lambda name: {
+                r.connector_id for r in self.sups[name].replicas.values() if r.connector_id
+            },
+            clock=self.clock,
+        )
+        self._fleet_task = asyncio.create_task(self.fleet.run(), name="fleet poller")
+
+    async def _stop_fleet(self) -> None:
+        if self._fleet_task is not None:
+            self._fleet_task.cancel()
+            await asyncio.gather(self._fleet_task, return_exceptions=True)
+        if self.fleet is not None:
+            await self.fleet.api.aclose()
 
     # --- systemd, ledger -----------------------------------------------------------------------
 
@@ -257,6 +299,8 @@ class Daemon:
                 for a in self.alerts.firing()
             ),
             "alerts": self.alerts.status(),
+            "fleet": self.fleet.snapshot() if self.fleet is not None else None,
+            "fleet_error": self.fleet_error,
         }
 
     async def rotate(self, tunnel: str | None, force: bool) -> dict[str, Any]:

@@ -116,6 +116,12 @@ class Metrics:
             ["tunnel"],
             registry=r,
         )
+        self.fleet_expected_connectors = Gauge(
+            "tunnelkeeper_fleet_expected_connectors",
+            "Connectors the tunnel should have fleet-wide (config expected_connectors).",
+            ["tunnel"],
+            registry=r,
+        )
         self.fleet_colo_connections = Gauge(
             "tunnelkeeper_fleet_colo_connections",
             "Live connections of the tunnel per Cloudflare colo, from the Cloudflare API.",
@@ -139,6 +145,18 @@ class Metrics:
             ["tunnel"],
             registry=r,
         )
+
+    def declare_tunnel(self, tunnel: str, expected_connectors: int | None) -> None:
+        """Create a tunnel's failure series at 0, so that rules see the first failure as an
+        increase (a series that appears at 1 has no increase to see)."""
+        for result in ("success", "failed"):
+            self.token_rotations.labels(tunnel, result)
+        if expected_connectors is not None:
+            self.fleet_expected_connectors.labels(tunnel).set(expected_connectors)
+
+    def declare_sink(self, sink: str) -> None:
+        for result in ("delivered", "retry", "failed"):
+            self.alert_deliveries.labels(sink, result)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -141,8 +141,42 @@ def render(status: dict[str, Any]) -> str:
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         for row in rows:
             lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    lines += _render_fleet(status)
     alerts = status.get("alerts_firing") or []
     if alerts:
         lines.append("")
         lines.append("alerts firing: " + ", ".join(alerts))
     return "\n".join(lines)
+
+
+def _render_fleet(status: dict[str, Any]) -> list[str]:
+    fleet = status.get("fleet")
+    if status.get("fleet_error"):
+        return ["", f"fleet view: unavailable ({status['fleet_error']})"]
+    if not fleet:
+        return []
+    lines = ["", f"fleet (Cloudflare API, every {fleet.get('interval_seconds', '?')}s):"]
+    for t in fleet.get("tunnels", []):
+        live = t.get("live_connectors")
+        expected = t.get("expected_connectors")
+        head = f"  {t['name']}: {'?' if live is None else live} live connector(s)"
+        if expected is not None:
+            head += f" of {expected} expected"
+        head += f", status {t.get('status') or '?'}"
+        if t.get("is_stale"):
+            head += " (stale)"
+        lines.append(head)
+        colos = t.get("colo_connections") or {}
+        if colos:
+            lines.append(
+                "    connections per colo: "
+                + ", ".join(f"{c} {n}" for c, n in sorted(colos.items()))
+            )
+        if t.get("unknown_local"):
+            lines.append(
+                "    ! local replicas the API does not list: "
+                + ", ".join(c[:8] for c in t["unknown_local"])
+            )
+        if t.get("error"):
+            lines.append(f"    ! {t['error']}")
+    return lines

@@ -133,6 +133,7 @@ class TunnelSupervisor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._log = log.bind(tunnel=cfg.name)
         metrics.tunnel_desired_replicas.labels(cfg.name).set(cfg.replicas)
+        metrics.declare_tunnel(cfg.name, cfg.expected_connectors)
 
     # --- tokens ---------------------------------------------------------------------------
 
