@@ -12,18 +12,18 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import structlog
 
 from tunnelkeeper.childlog import FloodGate, RecentErrors, flood_key, parse_line
+from tunnelkeeper.logtail import LogTail, open_for_child
 from tunnelkeeper.tunneltoken import TunnelToken
 
-MAX_LINE_BYTES = 16 * 1024
-READ_CHUNK = 64 * 1024
 # Variables a child may inherit. Everything else (TUNNEL_*, NOTIFY_SOCKET, secrets) is dropped.
 ENV_ALLOW = ("PATH", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR")
 EXTRA_KILL_WAIT_SECONDS = 5.0
@@ -111,6 +111,12 @@ def ensure_runtime_dir(runtime_dir: Path) -> Path:
 
 
 class ReplicaProcess:
+    """A cloudflared child we spawned, or one a previous daemon spawned that we adopted.
+
+    Adopted processes are not our children: their exit is seen through a pidfd (no pid reuse
+    race, no polling) and their exit code is unknown.
+    """
+
     def __init__(
         self,
         rid: ReplicaId,
@@ -127,30 +133,41 @@ class ReplicaProcess:
         self.pid: int | None = None
         self.create_time: float | None = None
         self.bind_failed = False
+        self.adopted = False
         self._on_exit = on_exit
         self._proc: asyncio.subprocess.Process | None = None
+        self._pidfd: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stop_tail = asyncio.Event()
         self._gate = FloodGate()
         self._log = log.bind(tunnel=rid.tunnel, slot=rid.slot, generation=rid.generation)
-        tokens_dir = ensure_runtime_dir(spec.runtime_dir)
-        self.token_file = tokens_dir / f"{rid.tunnel}.{rid.slot}.{rid.generation}.token"
+        replicas_dir = ensure_runtime_dir(spec.runtime_dir)
+        stem = f"{rid.tunnel}.{rid.slot}.{rid.generation}"
+        self.token_file = replicas_dir / f"{stem}.token"
+        self.log_file = replicas_dir / f"{stem}.log"
+        self._tail = LogTail(self.log_file, self._emit)
 
     async def start(self) -> None:
         write_private_file(self.token_file, self.token.reveal())
         argv = build_argv(self.spec, self.token_file, self.spec.runtime_dir / "cloudflared.yml")
+        stderr = open_for_child(self.log_file)
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
+                stderr=stderr,
                 env=child_env(),
-                start_new_session=True,  # a terminal's Ctrl-C reaches us, and we drain them
+                # Its own session: a terminal's Ctrl-C reaches only us (we drain it), and it
+                # outlives us if we die, to be adopted by the next daemon.
+                start_new_session=True,
                 cwd=str(self.spec.runtime_dir),
             )
         except OSError:
-            self.remove_token_file()
+            self._remove_files()
             raise
+        finally:
+            os.close(stderr)
         self.pid = self._proc.pid
         with contextlib.suppress(psutil.Error):
             self.create_time = psutil.Process(self.pid).create_time()
@@ -160,21 +177,60 @@ class ReplicaProcess:
             metrics_port=self.spec.metrics_port,
             token=self.token.fingerprint,
         )
+        self._start_tasks(self._wait_child())
+
+    def adopt(self, pid: int, create_time: float) -> None:
+        """Take over a live replica left by a previous daemon (identity already verified)."""
+        self._pidfd = os.pidfd_open(pid)
+        self.pid, self.create_time, self.adopted = pid, create_time, True
+        self._tail = LogTail(self.log_file, self._emit, from_end=True)
+        self._log.info(
+            "replica_adopted",
+            pid=pid,
+            metrics_port=self.spec.metrics_port,
+            token=self.token.fingerprint,
+        )
+        self._start_tasks(self._wait_pidfd())
+
+    def _start_tasks(self, waiter: Coroutine[Any, Any, None]) -> None:
         self._tasks = [
-            asyncio.create_task(self._read_stderr(), name=f"stderr {self.rid}"),
-            asyncio.create_task(self._watch_exit(), name=f"wait {self.rid}"),
+            asyncio.create_task(self._tail.run(self._stop_tail), name=f"log {self.rid}"),
+            asyncio.create_task(waiter, name=f"wait {self.rid}"),
         ]
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self.returncode is None
+        return self.pid is not None and not self.exited.is_set()
 
-    async def _watch_exit(self) -> None:
+    async def _wait_child(self) -> None:
         assert self._proc is not None
         self.returncode = await self._proc.wait()
-        # Let the log reader finish the last lines (they explain the exit) before we report.
+        await self._finish()
+
+    async def _wait_pidfd(self) -> None:
+        assert self._pidfd is not None
+        loop = asyncio.get_running_loop()
+        gone: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not gone.done():
+                gone.set_result(None)
+
+        loop.add_reader(self._pidfd, readable)
+        try:
+            await gone
+        finally:
+            loop.remove_reader(self._pidfd)
+        await self._finish()
+
+    async def _finish(self) -> None:
+        # Let the tail relay the last lines (they explain the exit) before we report.
+        self._stop_tail.set()
         await asyncio.wait(self._tasks[:1], timeout=1.0)
-        self.remove_token_file()
+        self._remove_files()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
         self.exited.set()
         self._log.info(
             "replica_exited",
@@ -183,36 +239,6 @@ class ReplicaProcess:
             last_errors=list(self.recent_errors.lines)[-2:],
         )
         self._on_exit(self)
-
-    async def _read_stderr(self) -> None:
-        assert self._proc is not None and self._proc.stderr is not None
-        stream = self._proc.stderr
-        buf = b""
-        dropping = False
-        while True:
-            try:
-                chunk = await stream.read(READ_CHUNK)
-            except (OSError, ValueError):
-                break
-            if not chunk:
-                break
-            buf += chunk
-            while True:
-                nl = buf.find(b"\n")
-                if nl < 0:
-                    if len(buf) > MAX_LINE_BYTES:
-                        if not dropping:
-                            self._emit(buf[:MAX_LINE_BYTES] + b" [line truncated]")
-                        dropping = True
-                        buf = b""
-                    break
-                line, buf = buf[:nl], buf[nl + 1 :]
-                if dropping:
-                    dropping = False
-                    continue
-                self._emit(line[:MAX_LINE_BYTES])
-        for key, count in self._gate.flush().items():
-            self._log.info("cloudflared_log_suppressed", kind=key, count=count)
 
     def _emit(self, raw: bytes) -> None:
         try:
@@ -236,18 +262,27 @@ class ReplicaProcess:
             )
 
     def signal(self, sig: signal.Signals) -> None:
-        if self._proc is not None and self.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
+        if not self.running:
+            return
+        with contextlib.suppress(ProcessLookupError, OSError):
+            if self._proc is not None:
                 self._proc.send_signal(sig)
+            elif self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, sig)
 
-    async def stop(self, grace_seconds: float | None = None) -> None:
-        """SIGTERM (after SIGCONT, in case it was stopped), wait grace + 5 s, then SIGKILL."""
-        if self._proc is None:
+    async def stop(self, grace_seconds: float | None = None, *, signal_first: bool = True) -> None:
+        """SIGTERM (after SIGCONT, in case it was stopped), wait grace + 5 s, then SIGKILL.
+
+        ``signal_first=False`` for a replica that is already draining (adopted mid-drain):
+        a second SIGTERM would make cloudflared exit at once and drop its in-flight requests.
+        """
+        if self.pid is None:
             return
         grace = self.spec.grace_period_seconds if grace_seconds is None else grace_seconds
-        if self.returncode is None:
-            self.signal(signal.SIGCONT)
-            self.signal(signal.SIGTERM)
+        if self.running:
+            if signal_first:
+                self.signal(signal.SIGCONT)
+                self.signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(self.exited.wait(), timeout=grace + EXTRA_KILL_WAIT_SECONDS)
             except TimeoutError:
@@ -255,9 +290,10 @@ class ReplicaProcess:
                 self.signal(signal.SIGKILL)
         await self.exited.wait()
 
-    def remove_token_file(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.token_file.unlink()
+    def _remove_files(self) -> None:
+        for path in (self.token_file, self.log_file):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}

@@ -301,6 +301,7 @@ class TunnelSupervisor:
         now = self.clock()
         self.replicas.pop(r.key, None)
         self.ports.release(r.proc.spec.metrics_port)
+        self.prober.forget(r.proc.spec.metrics_port)
         slot_no = r.rid.slot
         if r.proc.bind_failed:
             self._log.warning("metrics_port_taken", port=r.proc.spec.metrics_port,
