@@ -26,8 +26,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.harness import Sim, daemon_config, start_daemon, start_sim  # noqa: E402
-from tests.origin import Origin  # noqa: E402
+from tests.harness import Sim, daemon_config, start_daemon, start_sim
+from tests.origin import Origin
 
 
 def live_connectors(sim: Sim, tunnel: str) -> dict[str, int]:

@@ -18,12 +18,13 @@ from typing import Any
 import structlog
 
 from tunnelkeeper import __version__
+from tunnelkeeper.adoption import adopt_all
 from tunnelkeeper.alerts import AlertPipeline
 from tunnelkeeper.cfapi import CloudflareAPI
 from tunnelkeeper.conditions import tunnel_conditions
 from tunnelkeeper.config import Config
 from tunnelkeeper.fleet import FleetPoller
-from tunnelkeeper.ledger import LedgerEntry, reap_leftovers, write_ledger
+from tunnelkeeper.ledger import LedgerEntry, write_ledger
 from tunnelkeeper.logconfig import SECRETS, configure
 from tunnelkeeper.metrics import Metrics
 from tunnelkeeper.notify import Notifier
@@ -56,6 +57,7 @@ class Daemon:
         self._fleet_task: asyncio.Task[None] | None = None
         self.feeds: dict[str, TokenFeed] = {}
         self._ready_sent = False
+        self.handover = False
         self._status_line = ""
         self._ledger_key: tuple[tuple[Any, ...], ...] = ()
         self.alerts = AlertPipeline(
@@ -84,11 +86,9 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_requested.set)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        loop.add_signal_handler(signal.SIGUSR2, self._on_handover)
         for d in (cfg.daemon.state_dir, cfg.daemon.runtime_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        reaped = await asyncio.to_thread(reap_leftovers, self.ledger_path)
-        if reaped:
-            log.warning("leftover_replicas_reaped", count=reaped)
         try:
             await self.web.start(
                 cfg.daemon.listen_host,
@@ -116,6 +116,10 @@ class Daemon:
             self.feeds[t.name] = TokenFeed(t, sup, self.metrics, clock=self.clock)
         for sink in cfg.alerts.sinks:
             self.metrics.declare_sink(sink.name)
+        adopted, stopped = adopt_all(self.ledger_path, self.sups)
+        if adopted or stopped:
+            log.info("replicas_adopted", adopted=adopted, stopped=stopped)
+        self._write_ledger()
         await self.alerts.start()
         self._start_fleet()
         for feed in self.feeds.values():
@@ -161,18 +165,34 @@ class Daemon:
             self.metrics.loop_lag.set(max(0.0, lag) if not self.wake.is_set() else 0.0)
 
     async def _shutdown(self) -> None:
-        self.notifier.send("STOPPING=1", "STATUS=draining replicas")
-        log.info("daemon_stopping", replicas=sum(len(s.replicas) for s in self.sups.values()))
+        replicas = sum(len(s.replicas) for s in self.sups.values())
+        if self.handover:
+            self.notifier.send("STOPPING=1", "STATUS=handing replicas over to the next daemon")
+            log.info("daemon_handing_over", replicas=replicas)
+        else:
+            self.notifier.send("STOPPING=1", "STATUS=draining replicas")
+            log.info("daemon_stopping", replicas=replicas)
         for feed in self.feeds.values():
             await feed.aclose()
         await self._stop_fleet()
-        await asyncio.gather(*(sup.drain_all() for sup in self.sups.values()))
-        self._write_ledger()
+        if self.handover:
+            self._write_ledger()
+            for sup in self.sups.values():
+                await sup.release_all()
+        else:
+            await asyncio.gather(*(sup.drain_all() for sup in self.sups.values()))
+            self._write_ledger()
         await self.alerts.aclose()
         await self.web.aclose()
         await self.prober.aclose()
         log.info("daemon_stopped")
         self.notifier.close()
+
+    def _on_handover(self) -> None:
+        """SIGUSR2 (systemd's RestartKillSignal): exit without draining; the next daemon adopts
+        the replicas, so a restart of tunnelkeeper costs no capacity."""
+        self.handover = True
+        self.stop_requested.set()
 
     def _on_sighup(self) -> None:
         log.info("sighup_received", action="re-reading token sources")
@@ -238,12 +258,13 @@ class Daemon:
                 r.proc.spec.metrics_port,
                 str(r.proc.token_file),
                 str(r.proc.spec.binary),
+                r.role.value,
             )
             for sup in self.sups.values()
             for r in sup.replicas.values()
             if r.proc.pid is not None and r.proc.running
         ]
-        key = tuple((e.pid, e.generation) for e in entries)
+        key = tuple((e.pid, e.generation, e.role) for e in entries)
         if key != self._ledger_key:
             try:
                 write_ledger(self.ledger_path, entries)
@@ -314,6 +335,11 @@ class Daemon:
         return {"error": "reload is not supported yet; restart the daemon"}
 
 
+# sysexits.h EX_CONFIG: the unit's RestartPreventExitStatus= stops systemd from restarting a
+# daemon that can only fail the same way again until someone fixes the config.
+EXIT_CONFIG = 78
+
+
 def run_command(config_path: str) -> int:
     from tunnelkeeper.configfile import ConfigError, load_config
 
@@ -321,7 +347,7 @@ def run_command(config_path: str) -> int:
         config = load_config(config_path)
     except ConfigError as exc:
         print(f"tunnelkeeper: invalid config:\n{exc}", file=sys.stderr)
-        return 1
+        return EXIT_CONFIG
     configure(config.daemon.log_level, config.daemon.log_format)
     binary = config.cloudflared.path
     if not (binary.is_file() and os.access(binary, os.X_OK)):
@@ -330,5 +356,5 @@ def run_command(config_path: str) -> int:
             "(run `tunnelkeeper install` or fix the path)",
             file=sys.stderr,
         )
-        return 1
+        return EXIT_CONFIG
     return asyncio.run(Daemon(config).run())

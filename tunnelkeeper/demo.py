@@ -96,14 +96,14 @@ async def _spawn(args: list[str], log: Path) -> asyncio.subprocess.Process:
         )
 
 
-async def _stop(proc: asyncio.subprocess.Process | None, timeout: float = 30) -> None:
+async def _stop(proc: asyncio.subprocess.Process | None, wait_seconds: float = 30) -> None:
     if proc is None or proc.returncode is not None:
         return
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(signal.SIGTERM)
     try:
-        await asyncio.wait_for(proc.wait(), timeout)
-    except asyncio.TimeoutError:
+        await asyncio.wait_for(proc.wait(), wait_seconds)
+    except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()

@@ -1,8 +1,9 @@
 """The on-disk record of running replicas (state_dir/replicas.json).
 
-Written whenever the set of replicas changes, so that a daemon that died hard can find the
-cloudflared processes it left behind. A process is only ever touched if pid, create time and
-command line all still match: a recycled pid is never signalled.
+Written whenever the set of replicas or their roles change, so that the next daemon (after a
+restart, an upgrade, a crash or kill -9) adopts the cloudflared processes that kept serving.
+A process is only adopted or signalled if pid, create time and command line all still match:
+a recycled pid is never touched.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class LedgerEntry:
     metrics_port: int
     token_file: str
     binary: str
+    role: str = "primary"
 
 
 def write_ledger(path: Path, entries: list[LedgerEntry]) -> None:
@@ -49,7 +51,12 @@ def read_ledger(path: Path) -> list[LedgerEntry]:
     try:
         obj = json.loads(path.read_text())
         rows = obj["replicas"]
-        return [LedgerEntry(**row) for row in rows if isinstance(row, dict)]
+        known = set(LedgerEntry.__dataclass_fields__)
+        return [
+            LedgerEntry(**{k: v for k, v in row.items() if k in known})
+            for row in rows
+            if isinstance(row, dict)
+        ]
     except FileNotFoundError:
         return []
     except (OSError, ValueError, TypeError, KeyError) as exc:
@@ -73,22 +80,18 @@ def find_process(entry: LedgerEntry) -> psutil.Process | None:
     return proc
 
 
-def reap_leftovers(path: Path, timeout_seconds: float = 10.0) -> int:
-    """Stop replicas a previous daemon left running (it died without draining them)."""
-    procs = []
-    for entry in read_ledger(path):
-        proc = find_process(entry)
-        if proc is None:
-            continue
-        log.warning("leftover_replica_stopped", tunnel=entry.tunnel, slot=entry.slot, pid=entry.pid)
+def stop_process(proc: psutil.Process, timeout_seconds: float = 10.0) -> None:
+    """SIGTERM (after SIGCONT), wait, SIGKILL: for verified processes we will not adopt."""
+    with contextlib.suppress(psutil.Error):
+        proc.send_signal(signal.SIGCONT)
+        proc.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs([proc], timeout=timeout_seconds)
+    for p in alive:
         with contextlib.suppress(psutil.Error):
-            proc.send_signal(signal.SIGCONT)
-            proc.send_signal(signal.SIGTERM)
-            procs.append(proc)
-        with contextlib.suppress(FileNotFoundError):
-            Path(entry.token_file).unlink()
-    _, alive = psutil.wait_procs(procs, timeout=timeout_seconds)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    return len(procs)
+            p.kill()
+
+
+def remove_files(entry: LedgerEntry) -> None:
+    for name in (entry.token_file, entry.token_file.removesuffix(".token") + ".log"):
+        with contextlib.suppress(OSError):
+            Path(name).unlink()

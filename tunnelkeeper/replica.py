@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -113,8 +114,11 @@ def ensure_runtime_dir(runtime_dir: Path) -> Path:
 class ReplicaProcess:
     """A cloudflared child we spawned, or one a previous daemon spawned that we adopted.
 
-    Adopted processes are not our children: their exit is seen through a pidfd (no pid reuse
-    race, no polling) and their exit code is unknown.
+    Both are watched and signalled through a pidfd: no pid reuse race, no polling, and the same
+    code for both. Adopted processes are not our children, so their exit code is unknown.
+    Children are spawned with plain ``subprocess.Popen``, not asyncio's subprocess transport,
+    which kills its child when it is closed: a daemon handing over to its successor must leave
+    its replicas running.
     """
 
     def __init__(
@@ -135,7 +139,7 @@ class ReplicaProcess:
         self.bind_failed = False
         self.adopted = False
         self._on_exit = on_exit
-        self._proc: asyncio.subprocess.Process | None = None
+        self._popen: subprocess.Popen[bytes] | None = None
         self._pidfd: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stop_tail = asyncio.Event()
@@ -147,15 +151,15 @@ class ReplicaProcess:
         self.log_file = replicas_dir / f"{stem}.log"
         self._tail = LogTail(self.log_file, self._emit)
 
-    async def start(self) -> None:
+    def start(self) -> None:
         write_private_file(self.token_file, self.token.reveal())
         argv = build_argv(self.spec, self.token_file, self.spec.runtime_dir / "cloudflared.yml")
         stderr = open_for_child(self.log_file)
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
+            self._popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
                 stderr=stderr,
                 env=child_env(),
                 # Its own session: a terminal's Ctrl-C reaches only us (we drain it), and it
@@ -168,7 +172,8 @@ class ReplicaProcess:
             raise
         finally:
             os.close(stderr)
-        self.pid = self._proc.pid
+        self.pid = self._popen.pid
+        self._pidfd = os.pidfd_open(self.pid)
         with contextlib.suppress(psutil.Error):
             self.create_time = psutil.Process(self.pid).create_time()
         self._log.info(
@@ -177,7 +182,7 @@ class ReplicaProcess:
             metrics_port=self.spec.metrics_port,
             token=self.token.fingerprint,
         )
-        self._start_tasks(self._wait_child())
+        self._start_tasks(self._wait_pidfd())
 
     def adopt(self, pid: int, create_time: float) -> None:
         """Take over a live replica left by a previous daemon (identity already verified)."""
@@ -202,11 +207,6 @@ class ReplicaProcess:
     def running(self) -> bool:
         return self.pid is not None and not self.exited.is_set()
 
-    async def _wait_child(self) -> None:
-        assert self._proc is not None
-        self.returncode = await self._proc.wait()
-        await self._finish()
-
     async def _wait_pidfd(self) -> None:
         assert self._pidfd is not None
         loop = asyncio.get_running_loop()
@@ -221,6 +221,12 @@ class ReplicaProcess:
             await gone
         finally:
             loop.remove_reader(self._pidfd)
+        if self._popen is not None:  # our child: reap it and learn how it ended
+            with contextlib.suppress(ChildProcessError):
+                # the pidfd said it exited, so this returns at once
+                _, status = os.waitpid(self._popen.pid, 0)  # noqa: ASYNC222
+                self.returncode = os.waitstatus_to_exitcode(status)
+            self._popen.returncode = self.returncode  # so Popen never waits for it again
         await self._finish()
 
     async def _finish(self) -> None:
@@ -265,10 +271,17 @@ class ReplicaProcess:
         if not self.running:
             return
         with contextlib.suppress(ProcessLookupError, OSError):
-            if self._proc is not None:
-                self._proc.send_signal(sig)
-            elif self._pidfd is not None:
+            if self._pidfd is not None:
                 signal.pidfd_send_signal(self._pidfd, sig)
+
+    async def detach(self) -> None:
+        """Stop watching without touching the process (handover to the next daemon)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
 
     async def stop(self, grace_seconds: float | None = None, *, signal_first: bool = True) -> None:
         """SIGTERM (after SIGCONT, in case it was stopped), wait grace + 5 s, then SIGKILL.

@@ -233,7 +233,7 @@ class TunnelSupervisor:
             metrics_port=port,
             runtime_dir=self.daemon.runtime_dir,
         )
-        proc = ReplicaProcess(rid, spec, token, self._on_exit)
+        proc = ReplicaProcess(rid, spec, token, self.on_exit)
         replica = Replica(rid, proc, role, reason, now, datetime.now(UTC), epoch=self.epoch)
         self.replicas[replica.key] = replica
         if reason in ("exited", "no_connections", "unresponsive", "rotation", "upgrade"):
@@ -241,9 +241,22 @@ class TunnelSupervisor:
             self.metrics.replica_restarts.labels(self.cfg.name, str(slot), reason).inc()
         self._start_task(self._run_replica(replica), f"replica {rid}")
 
+    def take(self, r: Replica) -> None:
+        """Supervise a replica that already runs (adopted from a previous daemon)."""
+        self.replicas[r.key] = r
+        self.ports.claim(r.proc.spec.metrics_port)
+        if r.rid.slot < len(self.slots):
+            slot = self.slots[r.rid.slot]
+            slot.generation = max(slot.generation, r.rid.generation)
+        if self.proven is None:
+            self.proven = r.proc.token
+        if r.role is Role.DRAINING:
+            self._start_task(r.proc.stop(signal_first=False), f"drain {r.rid}")
+        self._start_task(self._probe_loop(r), f"probe {r.rid}")
+
     async def _run_replica(self, r: Replica) -> None:
         try:
-            await r.proc.start()
+            r.proc.start()
         except OSError as exc:
             self._log.error(
                 "replica_spawn_failed",
@@ -292,7 +305,7 @@ class TunnelSupervisor:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(r.proc.exited.wait(), timeout=interval)
 
-    def _on_exit(self, proc: ReplicaProcess) -> None:
+    def on_exit(self, proc: ReplicaProcess) -> None:
         r = self.replicas.get(str(proc.rid))
         if r is not None:
             self._forget(r, exited=r.role is not Role.DRAINING, returncode=proc.returncode)
@@ -304,8 +317,11 @@ class TunnelSupervisor:
         self.prober.forget(r.proc.spec.metrics_port)
         slot_no = r.rid.slot
         if r.proc.bind_failed:
-            self._log.warning("metrics_port_taken", port=r.proc.spec.metrics_port,
-                              action="restarting on another port")
+            self._log.warning(
+                "metrics_port_taken",
+                port=r.proc.spec.metrics_port,
+                action="restarting on another port",
+            )
         if slot_no < len(self.slots) and exited:
             slot = self.slots[slot_no]
             slot.last_exit = {
@@ -404,6 +420,14 @@ class TunnelSupervisor:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def release_all(self) -> None:
+        """Stop supervising, leave every replica running (handover to the next daemon)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for r in self.replicas.values():
+            await r.proc.detach()
 
     async def drain_all(self) -> None:
         """Drain every replica (SIGTERM, grace, SIGKILL) and wait until all have exited."""

@@ -72,8 +72,12 @@ class DaemonWeb:
 
     def _serve(self, server: socketserver.BaseServer) -> None:
         self._servers.append(server)
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                         name="tunnelkeeper-http", daemon=True).start()
+        threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="tunnelkeeper-http",
+            daemon=True,
+        ).start()
 
     async def aclose(self) -> None:
         for server in self._servers:
@@ -88,8 +92,7 @@ class DaemonWeb:
         async def call() -> Any:
             return fn()
 
-        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(
-            LOOP_CALL_TIMEOUT_SECONDS)
+        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(LOOP_CALL_TIMEOUT_SECONDS)
 
     def await_in_loop(self, coro: Awaitable[dict[str, Any]]) -> dict[str, Any]:
         assert self.loop is not None
@@ -153,7 +156,8 @@ def _handler(web: DaemonWeb, *, control: bool) -> type[BaseHTTPRequestHandler]:
             if path == "/rotate":
                 tunnel, force = body.get("tunnel"), body.get("force", False)
                 if (tunnel is not None and not isinstance(tunnel, str)) or not isinstance(
-                        force, bool):
+                    force, bool
+                ):
                     self._json(400, {"error": "tunnel must be a string, force a boolean"})
                     return
                 result = web.await_in_loop(web.rotate(tunnel, force))

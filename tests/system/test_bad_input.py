@@ -43,7 +43,7 @@ def test_check_reports_every_config_problem_with_its_key(tmp_path: Path) -> None
     assert 'did you mean "probe_interval_seconds"' in text
     # `run` refuses the same file and starts nothing
     run = run_cli("run", "-c", str(cfg))
-    assert run.returncode == 1 and "tunnel[0].replicas" in run.stderr
+    assert run.returncode == 78 and "tunnel[0].replicas" in run.stderr  # EX_CONFIG
     assert "Traceback" not in run.stderr
 
 
@@ -58,9 +58,9 @@ def test_check_passes_on_a_good_config_and_names_the_binary_problem(
     assert "cloudflared 2026.8.2" in out.stdout
     missing = tmp_path / "missing.toml"
     missing.write_text(good.read_text().replace(CLOUDFLARED_SIM, "/nonexistent/cloudflared"))
-    for cmd in ("check", "run"):
+    for cmd, code in (("check", 1), ("run", 78)):
         res = run_cli(cmd, "-c", str(missing))
-        assert res.returncode == 1
+        assert res.returncode == code
         assert "cloudflared.path" in res.stdout + res.stderr
         assert "Traceback" not in res.stdout + res.stderr
 
@@ -176,7 +176,7 @@ def test_metrics_port_taken_by_another_program_is_retried_on_another_port(
             TunnelToken.parse(sim.token("portal")),
             lambda p: exits.append(p.returncode),
         )
-        await proc.start()
+        proc.start()
         await asyncio.wait_for(proc.exited.wait(), 15)
         return proc
 

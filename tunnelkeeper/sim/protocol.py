@@ -25,7 +25,7 @@ Connector -> edge, its outcome::
 
     {"type": "response", "id": <int>, "status": 200, "headers": [[..]], "body": "<base64>"}
     {"type": "origin_error", "id": <int>, "error": "<text>"}      # edge answers 502
-    {"type": "refused", "id": <int>}                               # draining: edge retries elsewhere
+    {"type": "refused", "id": <int>}                    # draining: the edge retries elsewhere
 
 Connector -> edge when draining (SIGTERM): no new requests on this connection,
 in-flight ones still complete::

@@ -1,0 +1,69 @@
+"""Issue 6: tunnelkeeper restarts without tunnel downtime — replicas are adopted, not killed."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+import psutil
+import pytest
+
+from tests.harness import Daemon, Load, Sim, start_daemon
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.system
+RunDaemon = Callable[..., Daemon]
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie: the first daemon's children are re-parented when it dies, and an
+    exited one stays a zombie until whoever inherited it reaps it."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGUSR2])
+def test_daemon_restart_adopts_replicas_with_zero_failed_requests(
+    sim: Sim, run_daemon: RunDaemon, how: signal.Signals
+) -> None:
+    d = run_daemon()
+    before = {r["pid"]: r for r in d.wait_ready("portal", 2)}
+    d2: Daemon | None = None
+    try:
+        with Load(sim, "portal", rate_per_second=50) as load:
+            wait_until(lambda: load.results["ok"] >= 20, timeout=10, what="load flowing")
+            d.proc.send_signal(how)
+            rc = d.proc.wait(timeout=15)
+            assert rc == (0 if how == signal.SIGUSR2 else -9)
+            # Nobody supervises for a moment; the replicas keep serving.
+            served = load.results["ok"]
+            wait_until(lambda: load.results["ok"] >= served + 20, timeout=10, what="served alone")
+            assert all(alive(pid) for pid in before)
+            d2 = start_daemon(d.config)
+            after = d2.wait_ready("portal", 2)
+            assert {r["pid"] for r in after} == set(before)
+            assert {r["generation"] for r in after} == {r["generation"] for r in before.values()}
+            assert all(r["started_because"] == "adopted" for r in after)
+            metrics = d2.metrics()
+            assert 'tunnelkeeper_tunnel_ready_replicas{tunnel="portal"} 2.0' in metrics
+            assert "tunnelkeeper_replica_restarts_total{" not in metrics  # nothing restarted
+            served = load.results["ok"]
+            wait_until(lambda: load.results["ok"] >= served + 20, timeout=10)
+            # The adopted replicas are fully supervised: a kill is noticed and replaced.
+            victim = after[0]["pid"]
+            psutil.Process(victim).kill()
+            wait_until(
+                lambda: victim not in {r["pid"] for r in d2.wait_ready("portal", 2)},
+                timeout=20,
+                what="adopted replica replaced",
+            )
+        assert load.failed == 0, load.failures[:5]
+    finally:
+        if d2 is not None:
+            d2.stop()
+    # a plain stop drained them all
+    assert not any(alive(pid) for pid in before)
+    log = d.output()
+    assert "replica_adopted" in log
