@@ -29,7 +29,7 @@ def wait_until(
             value = predicate()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - reported at the deadline
+        except Exception as exc:
             last_exc = exc
         if time.monotonic() >= deadline:
             detail = f" (last error: {last_exc!r})" if last_exc else ""
@@ -50,7 +50,7 @@ async def await_until(
             value = await predicate()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             last_exc = exc
         if time.monotonic() >= deadline:
             detail = f" (last error: {last_exc!r})" if last_exc else ""
