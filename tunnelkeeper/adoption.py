@@ -20,8 +20,9 @@ import structlog
 from tunnelkeeper.errors import InvalidTokenError
 from tunnelkeeper.ledger import LedgerEntry, find_process, read_ledger, remove_files, stop_process
 from tunnelkeeper.policy import Role
+from tunnelkeeper.records import Replica
 from tunnelkeeper.replica import ReplicaId, ReplicaProcess, SpawnSpec
-from tunnelkeeper.supervisor import Replica, TunnelSupervisor
+from tunnelkeeper.supervisor import TunnelSupervisor
 from tunnelkeeper.tunneltoken import TunnelToken
 
 log = structlog.get_logger("tunnelkeeper.adoption")

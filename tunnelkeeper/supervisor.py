@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -22,10 +21,12 @@ from tunnelkeeper import policy
 from tunnelkeeper.backoff import backoff_seconds
 from tunnelkeeper.config import CloudflaredConfig, DaemonConfig, TunnelConfig
 from tunnelkeeper.metrics import Metrics
-from tunnelkeeper.policy import Abandon, Drain, Observed, Phase, Promote, Role, Spawn
+from tunnelkeeper.policy import Abandon, Drain, Phase, Promote, Role, Spawn
 from tunnelkeeper.ports import PortAllocator
 from tunnelkeeper.probe import Prober
+from tunnelkeeper.records import Replica, SlotState
 from tunnelkeeper.replica import ReplicaId, ReplicaProcess, SpawnSpec
+from tunnelkeeper.rollout import Rollout
 from tunnelkeeper.tunneltoken import TunnelToken
 
 STARTING_PROBE_SECONDS = 0.1
@@ -37,56 +38,7 @@ STABLE_SECONDS = 5.0
 log = structlog.get_logger("tunnelkeeper.supervisor")
 
 
-@dataclass
-class Replica:
-    rid: ReplicaId
-    proc: ReplicaProcess
-    role: Role
-    reason: str
-    started_at: float
-    started_wall: datetime
-    ready_connections: int = 0
-    connector_id: str | None = None
-    ready_at: float | None = None
-    zero_since: float | None = None
-    silent_since: float | None = None
-    version: str | None = None
-    epoch: int = 0  # bumped by a forced roll: same token, new processes
-
-    @property
-    def key(self) -> str:
-        return str(self.rid)
-
-    @property
-    def spec_id(self) -> str:
-        return f"{self.proc.token.fingerprint}:{self.epoch}"
-
-    def observed(self) -> Observed:
-        return Observed(
-            key=self.key,
-            slot=self.rid.slot,
-            role=self.role,
-            started_at=self.started_at,
-            running=self.proc.running,
-            ready_connections=self.ready_connections,
-            ready_at=self.ready_at,
-            zero_since=self.zero_since,
-            silent_since=self.silent_since,
-            token_fingerprint=self.spec_id,
-        )
-
-
-@dataclass
-class SlotState:
-    generation: int = 0
-    exits: deque[float] = field(default_factory=deque)
-    backoff_until: float = 0.0
-    empty_reason: str = "start"
-    restarts: int = 0
-    last_exit: dict[str, object] | None = None
-
-
-class TunnelSupervisor:
+class TunnelSupervisor(Rollout):
     def __init__(
         self,
         cfg: TunnelConfig,
@@ -124,6 +76,8 @@ class TunnelSupervisor:
         self.rotation_target: str | None = None
         self.epoch = 0
         self.rollout_failures = 0
+        self.binary: Path = cloudflared.path  # what new replicas run (see upgrade)
+        self.on_upgrade_failed: Callable[[Path], None] | None = None
         self.storm_backoff_until = 0.0
         self.storm_attempts = 0
         self.edge_outage = False
@@ -177,7 +131,10 @@ class TunnelSupervisor:
     def _apply(self, action: policy.Action, token: TunnelToken | None, now: float) -> None:
         if isinstance(action, Spawn):
             if token is not None:
-                self._spawn(action.slot, action.role, action.reason, token, now)
+                reason = action.reason
+                if reason == "rotation":
+                    reason = self.roll_reason(action.slot, token)
+                self._spawn(action.slot, action.role, reason, token, now)
         elif isinstance(action, Promote):
             new = self.replicas[action.key]
             old = next(
@@ -209,7 +166,7 @@ class TunnelSupervisor:
                     STORM_BACKOFF_CAP_SECONDS,
                     self.cfg.unhealthy_after_seconds * 2.0**self.storm_attempts,
                 )
-            if r.reason == "rotation":
+            if r.reason in ("rotation", "upgrade"):
                 self._rotation_failed(r)
             self._log.warning(
                 "replica_abandoned",
@@ -226,7 +183,7 @@ class TunnelSupervisor:
         rid = ReplicaId(self.cfg.name, slot, state.generation)
         port = self.ports.allocate()
         spec = SpawnSpec(
-            binary=self.cloudflared.path,
+            binary=self.binary,
             extra_args=self.cloudflared.args,
             label=f"{self.daemon.host}-{self.cfg.name}-{slot}",
             grace_period_seconds=self.cfg.grace_period_seconds,
@@ -340,7 +297,7 @@ class TunnelSupervisor:
             )
             if r.role is Role.PRIMARY:
                 slot.empty_reason = "exited"
-            elif r.reason == "rotation":
+            elif r.reason in ("rotation", "upgrade"):
                 self._rotation_failed(r)
         self.wake.set()
 
@@ -359,60 +316,6 @@ class TunnelSupervisor:
 
     def crash_looping(self, slot: int) -> bool:
         return len(self.slots[slot].exits) >= self.daemon.crash_loop_restarts
-
-    # --- rotation bookkeeping --------------------------------------------------------------
-
-    def spec_for(self, token: TunnelToken | None) -> str | None:
-        return f"{token.fingerprint}:{self.epoch}" if token is not None else None
-
-    def force_roll(self) -> None:
-        """Roll every replica even though its token is current (``rotate --force``)."""
-        self.epoch += 1
-        self.wake.set()
-
-    def rollout_state(self) -> str:
-        """ "rolling" while a primary is behind the target or a successor is up, else "done"."""
-        spec = self.spec_for(self.target_token())
-        primaries = [r for r in self.replicas.values() if r.role is Role.PRIMARY]
-        if any(r.role is Role.SUCCESSOR for r in self.replicas.values()):
-            return "rolling"
-        if len(primaries) < len(self.slots) or any(r.spec_id != spec for r in primaries):
-            return "rolling"
-        return "done" if all(r.ready_at is not None for r in primaries) else "rolling"
-
-    def _track_rotation(self, token: TunnelToken | None) -> None:
-        spec = self.spec_for(token)
-        if spec is None or token is None:
-            return
-        primaries = [r for r in self.replicas.values() if r.role is Role.PRIMARY]
-        behind = [r for r in primaries if r.spec_id != spec]
-        if behind and self.rotation_target != spec and all(r.ready_at for r in primaries):
-            self.rotation_target = spec
-            self._log.info("rotation_started", token=token.fingerprint, replicas=len(behind))
-        elif self.rotation_target == spec and self.rollout_state() == "done":
-            self.rotation_target = None
-            self.metrics.token_rotations.labels(self.cfg.name, "success").inc()
-            self._log.info("rotation_completed", token=token.fingerprint)
-
-    def _rotation_failed(self, r: Replica) -> None:
-        """A new-token (or forced) successor never became ready: keep the old replicas, and
-        never retry the same token version in a loop."""
-        fp = r.proc.token.fingerprint
-        primaries = [p for p in self.replicas.values() if p.role is Role.PRIMARY]
-        if any(p.proc.token.fingerprint == fp for p in primaries):
-            self.epoch = max(p.epoch for p in primaries)  # a forced roll failed: stand down
-        elif fp in self.failed_fingerprints:
-            return
-        else:
-            self.failed_fingerprints.add(fp)
-        self.rotation_target = None
-        self.rollout_failures += 1
-        self.metrics.token_rotations.labels(self.cfg.name, "failed").inc()
-        self._log.error(
-            "rotation_failed",
-            token=fp,
-            reason="new replica did not become ready at the edge in time",
-        )
 
     # --- lifecycle ---------------------------------------------------------------------------
 

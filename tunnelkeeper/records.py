@@ -1,0 +1,61 @@
+"""What the supervisor remembers about each replica and each slot."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from tunnelkeeper.policy import Observed, Role
+from tunnelkeeper.replica import ReplicaId, ReplicaProcess
+
+
+@dataclass
+class Replica:
+    rid: ReplicaId
+    proc: ReplicaProcess
+    role: Role
+    reason: str
+    started_at: float
+    started_wall: datetime
+    ready_connections: int = 0
+    connector_id: str | None = None
+    ready_at: float | None = None
+    zero_since: float | None = None
+    silent_since: float | None = None
+    version: str | None = None
+    epoch: int = 0  # bumped by a forced roll: same token, new processes
+
+    @property
+    def key(self) -> str:
+        return str(self.rid)
+
+    @property
+    def spec_id(self) -> str:
+        """What the replica runs: token, forced-roll epoch and binary. A primary whose spec
+        differs from the tunnel's target is rolled (rotation, forced roll or upgrade)."""
+        return f"{self.proc.token.fingerprint}:{self.epoch}:{self.proc.spec.binary}"
+
+    def observed(self) -> Observed:
+        return Observed(
+            key=self.key,
+            slot=self.rid.slot,
+            role=self.role,
+            started_at=self.started_at,
+            running=self.proc.running,
+            ready_connections=self.ready_connections,
+            ready_at=self.ready_at,
+            zero_since=self.zero_since,
+            silent_since=self.silent_since,
+            token_fingerprint=self.spec_id,
+        )
+
+
+@dataclass
+class SlotState:
+    generation: int = 0
+    exits: deque[float] = field(default_factory=deque)
+    backoff_until: float = 0.0
+    empty_reason: str = "start"
+    restarts: int = 0
+    last_exit: dict[str, object] | None = None
