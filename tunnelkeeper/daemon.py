@@ -22,7 +22,7 @@ from tunnelkeeper.adoption import adopt_all
 from tunnelkeeper.alerts import AlertPipeline
 from tunnelkeeper.cfapi import CloudflareAPI
 from tunnelkeeper.conditions import tunnel_conditions
-from tunnelkeeper.config import Config
+from tunnelkeeper.config import Config, TunnelConfig
 from tunnelkeeper.fleet import FleetPoller
 from tunnelkeeper.ledger import LedgerEntry, write_ledger
 from tunnelkeeper.logconfig import SECRETS, configure
@@ -30,9 +30,11 @@ from tunnelkeeper.metrics import Metrics
 from tunnelkeeper.notify import Notifier
 from tunnelkeeper.ports import PortAllocator
 from tunnelkeeper.probe import Prober
+from tunnelkeeper.reload import reconfigure
 from tunnelkeeper.statusview import tunnel_status
 from tunnelkeeper.supervisor import TunnelSupervisor
 from tunnelkeeper.tokens import TokenFeed
+from tunnelkeeper.upgrade import Upgrader
 from tunnelkeeper.web import DaemonWeb
 
 log = structlog.get_logger("tunnelkeeper.daemon")
@@ -56,8 +58,12 @@ class Daemon:
         self.fleet_error: str | None = None
         self._fleet_task: asyncio.Task[None] | None = None
         self.feeds: dict[str, TokenFeed] = {}
+        self.retiring: list[TunnelSupervisor] = []  # removed by a reload, draining
+        self.upgrader = Upgrader(config.cloudflared, config.daemon.state_dir)
         self._ready_sent = False
         self.handover = False
+        self._background: set[asyncio.Task[Any]] = set()
+        self._reload_lock = asyncio.Lock()
         self._status_line = ""
         self._ledger_key: tuple[tuple[Any, ...], ...] = ()
         self.alerts = AlertPipeline(
@@ -102,24 +108,15 @@ class Daemon:
             await self.web.aclose()
             return 1
         for t in cfg.tunnels:
-            sup = TunnelSupervisor(
-                t,
-                cfg.daemon,
-                cfg.cloudflared,
-                ports=self.ports,
-                prober=self.prober,
-                metrics=self.metrics,
-                wake=self.wake,
-                clock=self.clock,
-            )
-            self.sups[t.name] = sup
-            self.feeds[t.name] = TokenFeed(t, sup, self.metrics, clock=self.clock)
+            self.add_tunnel(t)
         for sink in cfg.alerts.sinks:
             self.metrics.declare_sink(sink.name)
         adopted, stopped = adopt_all(self.ledger_path, self.sups)
         if adopted or stopped:
             log.info("replicas_adopted", adopted=adopted, stopped=stopped)
         self._write_ledger()
+        self.upgrader.attach(self.sups)
+        await self.upgrader.prepare(cfg.cloudflared)
         await self.alerts.start()
         self._start_fleet()
         for feed in self.feeds.values():
@@ -142,8 +139,10 @@ class Daemon:
         watchdog = self.notifier.watchdog_interval_seconds()
         last_watchdog = 0.0
         while not self.stop_requested.is_set():
-            for sup in self.sups.values():
+            for sup in [*self.sups.values(), *self.retiring]:
                 sup.converge()
+            self.retiring = [s for s in self.retiring if s.replicas]
+            await self.upgrader.tick()
             self._observe_alerts()
             self._write_ledger()
             self._notify_systemd()
@@ -180,7 +179,9 @@ class Daemon:
             for sup in self.sups.values():
                 await sup.release_all()
         else:
-            await asyncio.gather(*(sup.drain_all() for sup in self.sups.values()))
+            await asyncio.gather(
+                *(sup.drain_all() for sup in [*self.sups.values(), *self.retiring])
+            )
             self._write_ledger()
         await self.alerts.aclose()
         await self.web.aclose()
@@ -195,9 +196,10 @@ class Daemon:
         self.stop_requested.set()
 
     def _on_sighup(self) -> None:
-        log.info("sighup_received", action="re-reading token sources")
-        for feed in self.feeds.values():
-            feed.poll_now()
+        log.info("sighup_received", action="reloading config and re-reading token sources")
+        task = asyncio.get_running_loop().create_task(self.reload(), name="reload")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _observe_alerts(self) -> None:
         now = self.clock()
@@ -208,6 +210,7 @@ class Daemon:
             )
         if self.fleet is not None:
             conditions += self.fleet.conditions()
+        conditions += self.upgrader.conditions()
         self.alerts.observe(conditions)
 
     def _start_fleet(self) -> None:
@@ -332,7 +335,41 @@ class Daemon:
         return {"tunnels": list(results)}
 
     async def reload(self) -> dict[str, Any]:
-        return {"error": "reload is not supported yet; restart the daemon"}
+        """Re-read the config; apply it with the least disruption, or keep the running one."""
+        from tunnelkeeper.configfile import ConfigError, load_config
+
+        now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={now_usec}")
+        try:
+            new = await asyncio.to_thread(load_config, self.config.path)
+        except ConfigError as exc:
+            problems = str(exc).splitlines()
+            log.error("reload_rejected", problems=problems, kept="the running config")
+            self.notifier.send("READY=1", "STATUS=reload rejected: invalid config, kept the old")
+            return {"error": "invalid config; the running config is kept", "problems": problems}
+        async with self._reload_lock:
+            changes = await reconfigure(self, new)
+        for feed in self.feeds.values():
+            feed.poll_now()
+        self.notifier.send("READY=1", f"STATUS={self._status_line}")
+        log.info("config_reloaded", **changes)
+        return {"reloaded": True, **changes}
+
+    def add_tunnel(self, t: TunnelConfig) -> TunnelSupervisor:
+        cfg = self.config
+        sup = TunnelSupervisor(
+            t,
+            cfg.daemon,
+            cfg.cloudflared,
+            ports=self.ports,
+            prober=self.prober,
+            metrics=self.metrics,
+            wake=self.wake,
+            clock=self.clock,
+        )
+        self.sups[t.name] = sup
+        self.feeds[t.name] = TokenFeed(t, sup, self.metrics, clock=self.clock)
+        return sup
 
 
 # sysexits.h EX_CONFIG: the unit's RestartPreventExitStatus= stops systemd from restarting a
@@ -350,7 +387,8 @@ def run_command(config_path: str) -> int:
         return EXIT_CONFIG
     configure(config.daemon.log_level, config.daemon.log_format)
     binary = config.cloudflared.path
-    if not (binary.is_file() and os.access(binary, os.X_OK)):
+    managed = config.cloudflared.install is not None  # the daemon installs it at start
+    if not managed and not (binary.is_file() and os.access(binary, os.X_OK)):
         print(
             f"tunnelkeeper: cloudflared.path: {binary} is not an executable file "
             "(run `tunnelkeeper install` or fix the path)",

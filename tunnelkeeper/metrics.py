@@ -154,6 +154,33 @@ class Metrics:
         if expected_connectors is not None:
             self.fleet_expected_connectors.labels(tunnel).set(expected_connectors)
 
+    def forget_slot(self, tunnel: str, slot: str) -> None:
+        """Drop a slot's series when a reload shrinks the tunnel."""
+        for gauge in (
+            self.replica_up,
+            self.replica_ready_connections,
+            self.replica_crash_looping,
+            self.replica_cpu_seconds,
+            self.replica_rss_bytes,
+        ):
+            try:
+                gauge.remove(tunnel, slot)
+            except KeyError:
+                pass
+        for phase in (
+            "starting",
+            "ready",
+            "degraded",
+            "unhealthy",
+            "unresponsive",
+            "draining",
+            "exited",
+        ):
+            try:
+                self.replica_state.remove(tunnel, slot, phase)
+            except KeyError:
+                pass
+
     def declare_sink(self, sink: str) -> None:
         for result in ("delivered", "retry", "failed"):
             self.alert_deliveries.labels(sink, result)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from tunnelkeeper.policy import Observed, Role
 from tunnelkeeper.replica import ReplicaId, ReplicaProcess
+
+
+def spec_id(token_fingerprint: str, epoch: int, binary: Path, args: tuple[str, ...]) -> str:
+    args_id = hashlib.sha256("\0".join(args).encode()).hexdigest()[:8]
+    return f"{token_fingerprint}:{epoch}:{binary}:{args_id}"
 
 
 @dataclass
@@ -32,9 +39,15 @@ class Replica:
 
     @property
     def spec_id(self) -> str:
-        """What the replica runs: token, forced-roll epoch and binary. A primary whose spec
-        differs from the tunnel's target is rolled (rotation, forced roll or upgrade)."""
-        return f"{self.proc.token.fingerprint}:{self.epoch}:{self.proc.spec.binary}"
+        """What the replica runs: token, forced-roll epoch, binary and extra arguments. A
+        primary whose spec differs from the tunnel's target is rolled (rotation, forced roll,
+        upgrade, changed arguments)."""
+        return spec_id(
+            self.proc.token.fingerprint,
+            self.epoch,
+            self.proc.spec.binary,
+            self.proc.spec.extra_args,
+        )
 
     def observed(self) -> Observed:
         return Observed(

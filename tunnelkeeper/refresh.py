@@ -234,14 +234,7 @@ async def refresh_tunnel_secret(
         except CloudflareAPIError as exc:
             raise RefreshError(f"tunnel {tunnel.name}: {exc}; nothing was changed") from None
         token, version = await _uninterrupted(_patch_fetch_store(api, tunnel, tunnel_id, source))
-        log.info(
-            "tunnel_secret_refreshed",
-            tunnel=tunnel.name,
-            old_token=old_fingerprint,
-            token=token.fingerprint,
-            source=source.description,
-            version=version,
-        )
+        log.info("tunnel_secret_refreshed", tunnel=tunnel.name, token=token.fingerprint)
         result = RefreshResult(
             tunnel=tunnel.name,
             tunnel_id=tunnel_id,
@@ -325,21 +318,7 @@ def refresh_secret_command(config_path: str, tunnel: str, *, cleanup: bool) -> i
 
 
 async def scheduled_refresh(config: Config, tunnel: TunnelConfig) -> None:
-    """The daemon's scheduled refresh (no cleanup): logs the outcome, raises RefreshError."""
-    try:
-        result = await refresh_tunnel_secret(config, tunnel, cleanup=False, wait_seconds=0.0)
-    except RefreshError as exc:
-        log.error(
-            "scheduled_refresh_failed",
-            tunnel=tunnel.name,
-            error=str(exc),
-            secret_changed=exc.secret_changed,
-        )
-        raise
-    log.info(
-        "scheduled_refresh_completed",
-        tunnel=tunnel.name,
-        token=result.new_fingerprint,
-        source=result.source,
-        version=result.version,
-    )
+    """The daemon's scheduled refresh (no cleanup). Raises RefreshError; the scheduler logs it
+    and retries with backoff (a retry after a failed store refreshes again, which recovers)."""
+    result = await refresh_tunnel_secret(config, tunnel, cleanup=False, wait_seconds=0.0)
+    log.info("scheduled_refresh_completed", tunnel=tunnel.name, token=result.new_fingerprint)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import structlog
 
-from tunnelkeeper.config import TunnelConfig
+from tunnelkeeper.config import CloudflaredConfig, TunnelConfig
 from tunnelkeeper.metrics import Metrics
 from tunnelkeeper.policy import Role
-from tunnelkeeper.records import Replica, SlotState
+from tunnelkeeper.records import Replica, SlotState, spec_id
 from tunnelkeeper.tunneltoken import TunnelToken
 
 
@@ -23,6 +23,7 @@ class Rollout:
     """Mixin of TunnelSupervisor: the roll bookkeeping, on the supervisor's own state."""
 
     cfg: TunnelConfig
+    cloudflared: CloudflaredConfig
     metrics: Metrics
     wake: asyncio.Event
     replicas: dict[str, Replica]
@@ -40,7 +41,9 @@ class Rollout:
         raise NotImplementedError
 
     def spec_for(self, token: TunnelToken | None) -> str | None:
-        return f"{token.fingerprint}:{self.epoch}:{self.binary}" if token is not None else None
+        if token is None:
+            return None
+        return spec_id(token.fingerprint, self.epoch, self.binary, self.cloudflared.args)
 
     def roll_reason(self, slot: int, token: TunnelToken) -> str:
         """Why a slot's primary is being replaced by a roll: "upgrade" when only the binary

@@ -61,13 +61,7 @@ class TunnelSupervisor(Rollout):
             wake,
             clock,
         )
-        self.timing = policy.Timing(
-            unhealthy_after_seconds=cfg.unhealthy_after_seconds,
-            unresponsive_after_seconds=daemon.unresponsive_after_seconds,
-            ready_timeout_seconds=daemon.ready_timeout_seconds,
-            min_ready_connections=cfg.min_ready_connections,
-            ha_connections=_ha_connections(cloudflared.args),
-        )
+        self.timing = self._timing()
         self.replicas: dict[str, Replica] = {}
         self.slots = [SlotState() for _ in range(cfg.replicas)]
         self.desired: TunnelToken | None = None  # newest valid token from the source
@@ -88,6 +82,28 @@ class TunnelSupervisor(Rollout):
         self._log = log.bind(tunnel=cfg.name)
         metrics.tunnel_desired_replicas.labels(cfg.name).set(cfg.replicas)
         metrics.declare_tunnel(cfg.name, cfg.expected_connectors)
+
+    def _timing(self) -> policy.Timing:
+        return policy.Timing(
+            unhealthy_after_seconds=self.cfg.unhealthy_after_seconds,
+            unresponsive_after_seconds=self.daemon.unresponsive_after_seconds,
+            ready_timeout_seconds=self.daemon.ready_timeout_seconds,
+            min_ready_connections=self.cfg.min_ready_connections,
+            ha_connections=_ha_connections(self.cloudflared.args),
+        )
+
+    def reconfigure(self, cfg: TunnelConfig, cloudflared: CloudflaredConfig) -> None:
+        """Apply a reloaded config: more slots start, fewer drain (surge/drain as usual), new
+        timings apply at once, new cloudflared args roll the replicas."""
+        self.cfg, self.cloudflared = cfg, cloudflared
+        self.timing = self._timing()
+        while len(self.slots) < cfg.replicas:
+            self.slots.append(SlotState())
+        for slot in range(cfg.replicas, len(self.slots)):
+            self.metrics.forget_slot(cfg.name, str(slot))
+        del self.slots[cfg.replicas :]
+        self.metrics.tunnel_desired_replicas.labels(cfg.name).set(cfg.replicas)
+        self.wake.set()
 
     # --- tokens ---------------------------------------------------------------------------
 

@@ -25,8 +25,9 @@ def run(
     return out
 
 
-def test_catalog_has_the_nine_spec_names() -> None:
+def test_catalog_has_the_nine_spec_names_plus_the_upgrade_alert() -> None:
     assert set(ALERT_NAMES) == {
+        "CloudflaredUpgradeFailed",  # an extension of the SPEC's list (issue 6)
         "ReplicaDown",
         "ReplicaNoEdgeConnections",
         "TunnelDegraded",

@@ -225,7 +225,6 @@ def test_restart_signal_hands_over_without_draining(tmp_path: Path, sim: Sim) ->
         stop_pids(pids)
 
 
-@pytest.mark.xfail(strict=True, reason="daemon does not send RELOADING=1 on SIGHUP yet (issue 6)")
 def test_reload_notifies_reloading_then_ready(
     tmp_path: Path, sim: Sim, listener: tuple[NotifyListener, int]
 ) -> None:

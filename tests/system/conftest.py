@@ -9,6 +9,7 @@ import pytest
 
 from tests.alerts.conftest import alertmanager, receivers  # noqa: F401 - shared fixtures
 from tests.harness import Daemon, Sim, daemon_config, start_daemon, start_sim
+from tests.host.conftest import release_server  # noqa: F401 - shared fixture
 from tests.origin import Origin
 
 

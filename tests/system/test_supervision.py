@@ -51,7 +51,11 @@ def test_kill_9_replica_is_replaced_while_the_other_keeps_serving(
         wait_until(replaced, timeout=15, what="replacement ready")
         sent_after = load.total
         wait_until(lambda: load.total >= sent_after + 10, timeout=10, what="more load")
-    assert load.failed == 0, load.failures[:5]
+    # kill -9 gives cloudflared no chance to drain: a request it was serving at that instant
+    # is lost (as with real cloudflared). The load has one request in flight at a time, so at
+    # most one may fail, and only that way; every other request went through the survivor.
+    assert load.failed <= 1, load.failures
+    assert all("failed mid-request" in f for f in load.failures), load.failures
     assert restarts(d, "exited") == 1
     # The new replica registered at the edge as a new connector.
     new = {r["connector_id"] for r in d.primaries("portal")}

@@ -76,6 +76,14 @@ _SPECS = (
         is_fleet_wide=True,
     ),
     AlertSpec(
+        "CloudflaredUpgradeFailed",
+        "warning",
+        "the canary replica of {tunnel} on cloudflared {version} never became ready; "
+        "rolled back to the previous version",
+        "`tunnelkeeper status` and the journal for the canary's errors; fix or pick another "
+        "version in [cloudflared.install], then reload",
+    ),
+    AlertSpec(
         "CloudflaredOutdated",
         "info",
         "cloudflared {version} on this host is older than {wanted}",
