@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 import structlog
 
 from tunnelkeeper import policy
@@ -272,6 +273,7 @@ class TunnelSupervisor(Rollout):
             if result.answered and now - last_version_at >= self.daemon.metrics_interval_seconds:
                 last_version_at = now
                 r.version = await self.prober.version(r.proc.spec.metrics_port) or r.version
+                self._export_usage(r)
             interval = (
                 STARTING_PROBE_SECONDS if r.ready_at is None else self.daemon.probe_interval_seconds
             )
@@ -375,6 +377,21 @@ class TunnelSupervisor(Rollout):
                 m.replica_state.labels(name, str(slot), p.value).set(1 if p is phase else 0)
         m.tunnel_ready_replicas.labels(name).set(ready)
         m.tunnel_token_valid.labels(name).set(1 if self.target_token() else 0)
+
+    def _export_usage(self, r: Replica) -> None:
+        """CPU and memory of a primary replica's process (psutil), every metrics interval."""
+        if r.role is not Role.PRIMARY or r.proc.pid is None:
+            return
+        try:
+            p = psutil.Process(r.proc.pid)
+            with p.oneshot():
+                cpu = p.cpu_times()
+                rss = p.memory_info().rss
+        except psutil.Error:
+            return
+        labels = (self.cfg.name, str(r.rid.slot))
+        self.metrics.replica_cpu_seconds.labels(*labels).set(cpu.user + cpu.system)
+        self.metrics.replica_rss_bytes.labels(*labels).set(rss)
 
     def primary(self, slot: int) -> Replica | None:
         return next(

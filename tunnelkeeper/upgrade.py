@@ -122,7 +122,7 @@ class Upgrader:
             versions = {r.version for r in sup.replicas.values() if r.version}
             wanted = install.version if install is not None else None
             for v in sorted(versions):
-                if _outdated(v, wanted):
+                if outdated(v, wanted, datetime.now(UTC)):
                     out.append(
                         Condition(
                             "CloudflaredOutdated",
@@ -137,7 +137,7 @@ class Upgrader:
         return out
 
 
-def _outdated(version: str, wanted: str | None) -> bool:
+def outdated(version: str, wanted: str | None, now: datetime) -> bool:
     try:
         running = CloudflaredVersion.parse(version)
         newest = CloudflaredVersion.parse(wanted) if wanted else None
@@ -145,4 +145,4 @@ def _outdated(version: str, wanted: str | None) -> bool:
         return False
     if newest is not None and newest < running:
         newest = running
-    return is_outdated(running, newest, datetime.now(UTC))
+    return is_outdated(running, newest, now)
