@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
 import structlog
+
+from tunnelkeeper.atomicfile import write_private_file
 
 log = structlog.get_logger("tunnelkeeper.ledger")
 
@@ -35,15 +36,8 @@ class LedgerEntry:
 
 
 def write_ledger(path: Path, entries: list[LedgerEntry]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
     data = json.dumps({"version": 1, "replicas": [asdict(e) for e in entries]}, indent=1)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_private_file(path, data)
 
 
 def read_ledger(path: Path) -> list[LedgerEntry]:

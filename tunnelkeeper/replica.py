@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 import structlog
 
+from tunnelkeeper.atomicfile import write_private_file
 from tunnelkeeper.childlog import FloodGate, RecentErrors, flood_key, parse_line
 from tunnelkeeper.logtail import LogTail, open_for_child
 from tunnelkeeper.tunneltoken import TunnelToken
@@ -80,20 +81,6 @@ def build_argv(spec: SpawnSpec, token_file: Path, config_file: Path) -> list[str
         "--token-file",
         str(token_file),
     ]
-
-
-def write_private_file(path: Path, text: str) -> None:
-    """Create ``path`` with mode 0600 (atomically: temp file + fsync + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def ensure_runtime_dir(runtime_dir: Path) -> Path:

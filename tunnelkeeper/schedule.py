@@ -29,8 +29,8 @@ from zoneinfo import ZoneInfo
 import structlog
 from apscheduler.triggers.cron import CronTrigger
 
+from tunnelkeeper.atomicfile import write_private_file
 from tunnelkeeper.config import Config, TunnelConfig
-from tunnelkeeper.sources.file import write_file_atomically
 
 log = structlog.get_logger("tunnelkeeper.schedule")
 
@@ -214,7 +214,7 @@ class RefreshScheduler:
         data = json.dumps({"version": 1, "tunnels": self.state}, indent=1, sort_keys=True)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_file_atomically(self.path, data + "\n")
+            write_private_file(self.path, data + "\n")
         except OSError as exc:
             log.error("refresh_schedule_state_write_failed", path=str(self.path), error=str(exc))
 

@@ -16,7 +16,6 @@ import re
 import secrets
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from tunnelkeeper.atomicfile import write_private_file
 from tunnelkeeper.sim.api import PREFIX, Api
 from tunnelkeeper.sim.edge import Edge
 from tunnelkeeper.sim.entry import Entry
@@ -111,20 +111,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def write_private(path: Path, text: str) -> None:
-    """Atomically replace path with text, mode 0600."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     fmt = logging.Formatter("%(asctime)s sim %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
@@ -195,8 +181,8 @@ async def run(args: argparse.Namespace) -> int:
         try:
             for tunnel in account.tunnels.values():
                 token = account.token_for(tunnel)
-                write_private(args.token_dir / f"{tunnel.name}.token", token.reveal() + "\n")
-            write_private(args.ready_file, json.dumps(ready, indent=2) + "\n")
+                write_private_file(args.token_dir / f"{tunnel.name}.token", token.reveal() + "\n")
+            write_private_file(args.ready_file, json.dumps(ready, indent=2) + "\n")
         except OSError as exc:
             print(f"tunnelkeeper sim: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
             return 1

@@ -8,13 +8,12 @@ parse and is refused; the completed write changes the signature again and is rea
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import os
 import stat
-import tempfile
 from pathlib import Path
 
+from tunnelkeeper.atomicfile import write_private_file
 from tunnelkeeper.sources.base import TokenSource, TokenSourceError, TokenVersion, parse_token
 from tunnelkeeper.tunneltoken import TunnelToken
 
@@ -60,28 +59,6 @@ def read_token_text(path: Path, description: str) -> str:
         raise TokenSourceError(f"{description}: file is not UTF-8 text") from None
 
 
-def write_file_atomically(path: Path, text: str, mode: int = 0o600) -> None:
-    """Temp file in the same directory, fsync, rename over ``path``, fsync the directory."""
-    directory = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 class FileSource(TokenSource):
     is_writable = True
 
@@ -105,7 +82,7 @@ class FileSource(TokenSource):
 
     async def write(self, token: TunnelToken) -> str:
         try:
-            await asyncio.to_thread(write_file_atomically, self.path, token.reveal() + "\n")
+            await asyncio.to_thread(write_private_file, self.path, token.reveal() + "\n")
         except OSError as exc:
             raise TokenSourceError(f"{self.description}: cannot write: {_os_reason(exc)}") from None
         return token.fingerprint
