@@ -10,11 +10,14 @@ unsupervised.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psutil
 import structlog
 
 from tunnelkeeper.errors import InvalidTokenError
@@ -59,9 +62,14 @@ def adopt_one(sup: TunnelSupervisor, entry: LedgerEntry, create_time: float) -> 
     return True
 
 
-def adopt_all(ledger: Path, sups: Mapping[str, TunnelSupervisor]) -> tuple[int, int]:
-    """Adopt what can be adopted; stop the rest. Returns (adopted, stopped)."""
+def adopt_all(
+    ledger: Path, sups: Mapping[str, TunnelSupervisor], runtime_dir: Path
+) -> tuple[int, int]:
+    """Adopt what the ledger lists and can be verified; stop the rest, and any replica of ours
+    the ledger does not list (a daemon killed between spawn and ledger write). Returns
+    (adopted, stopped)."""
     adopted = stopped = 0
+    stopped += _stop_unlisted(runtime_dir, {e.pid for e in read_ledger(ledger)})
     for entry in read_ledger(ledger):
         proc = find_process(entry)
         if proc is None:
@@ -79,3 +87,26 @@ def adopt_all(ledger: Path, sups: Mapping[str, TunnelSupervisor]) -> tuple[int, 
         remove_files(entry)
         stopped += 1
     return adopted, stopped
+
+
+def _stop_unlisted(runtime_dir: Path, listed: set[int]) -> int:
+    """Replicas are the only processes given a ``--token-file`` under runtime_dir/replicas/."""
+    marker = str(runtime_dir / "replicas") + os.sep
+    stopped = 0
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["pid"] in listed or "--token-file" not in cmdline:
+            continue
+        i = cmdline.index("--token-file")
+        if i + 1 < len(cmdline) and cmdline[i + 1].startswith(marker):
+            log.warning(
+                "unlisted_replica_stopped",
+                pid=proc.info["pid"],
+                token_file=Path(cmdline[i + 1]).name,
+            )
+            stop_process(proc)
+            for leftover in (Path(cmdline[i + 1]), Path(cmdline[i + 1]).with_suffix(".log")):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+            stopped += 1
+    return stopped

@@ -99,7 +99,7 @@ class CloudflareAPI:
             raise CloudflareAPIError("Cloudflare API response too large", resp.status_code)
         try:
             body = resp.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             body = None
         if not isinstance(body, dict) or "success" not in body:
             raise CloudflareAPIError(
@@ -129,7 +129,8 @@ class CloudflareAPI:
             if not isinstance(item, dict) or not isinstance(item.get("id"), str):
                 continue
             conns = []
-            for c in item.get("conns") or []:
+            raw_conns = item.get("conns")
+            for c in raw_conns if isinstance(raw_conns, list) else []:
                 if isinstance(c, dict):
                     conns.append(
                         Connection(

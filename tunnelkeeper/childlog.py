@@ -50,6 +50,11 @@ def _printable(raw: bytes) -> str:
     return "".join(ch if ch.isprintable() or ch == "\t" else "?" for ch in text)
 
 
+def _printable_str(value: str) -> str:
+    # JSON may carry lone surrogates ("\ud800"): not encodable, replaced like any junk
+    return _printable(value.encode("utf-8", errors="replace"))
+
+
 def parse_line(raw: bytes) -> ChildLine | None:
     """One line of cloudflared stderr → ChildLine. Never raises; blank lines give None."""
     stripped = raw.strip()
@@ -65,7 +70,7 @@ def parse_line(raw: bytes) -> ChildLine | None:
         return ChildLine("info", _clip(_printable(stripped)), {"unparsed": True})
     level = LEVELS.get(str(obj.get("level", "info")).lower(), "info")
     message = obj.get("message")
-    message = _clip(_printable(message.encode())) if isinstance(message, str) else "(no message)"
+    message = _clip(_printable_str(message)) if isinstance(message, str) else "(no message)"
     fields: dict[str, Any] = {}
     for key, ours in _KNOWN_EXTRAS.items():
         if key in obj and len(fields) < MAX_FIELDS:
@@ -73,7 +78,7 @@ def parse_line(raw: bytes) -> ChildLine | None:
             if isinstance(value, bool | int | float):
                 fields[ours] = value
             elif isinstance(value, str):
-                fields[ours] = _clip(_printable(value.encode()))
+                fields[ours] = _clip(_printable_str(value))
     return ChildLine(level, message, fields)
 
 

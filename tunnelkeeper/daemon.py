@@ -93,8 +93,18 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop_requested.set)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         loop.add_signal_handler(signal.SIGUSR2, self._on_handover)
-        for d in (cfg.daemon.state_dir, cfg.daemon.runtime_dir):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for key, d in (
+            ("daemon.state_dir", cfg.daemon.state_dir),
+            ("daemon.runtime_dir", cfg.daemon.runtime_dir),
+        ):
+            try:
+                d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:
+                print(
+                    f"tunnelkeeper: {key}: cannot create {d}: {exc.strerror or exc}",
+                    file=sys.stderr,
+                )
+                return EXIT_CONFIG
         try:
             await self.web.start(
                 cfg.daemon.listen_host,
@@ -111,7 +121,7 @@ class Daemon:
             self.add_tunnel(t)
         for sink in cfg.alerts.sinks:
             self.metrics.declare_sink(sink.name)
-        adopted, stopped = adopt_all(self.ledger_path, self.sups)
+        adopted, stopped = adopt_all(self.ledger_path, self.sups, cfg.daemon.runtime_dir)
         if adopted or stopped:
             log.info("replicas_adopted", adopted=adopted, stopped=stopped)
         self._write_ledger()
@@ -141,10 +151,10 @@ class Daemon:
         while not self.stop_requested.is_set():
             for sup in [*self.sups.values(), *self.retiring]:
                 sup.converge()
+            self._write_ledger()  # before anything awaits: every spawned replica is on record
             self.retiring = [s for s in self.retiring if s.replicas]
             await self.upgrader.tick()
             self._observe_alerts()
-            self._write_ledger()
             self._notify_systemd()
             now = self.clock()
             self.last_tick_at = now

@@ -97,12 +97,12 @@ class Prober:
                 return await asyncio.wait_for(
                     self._exchange(port, path, limit, kept), self.timeout_seconds
                 )
+            except TimeoutError as exc:  # before OSError: TimeoutError is one since 3.10
+                raise ProbeError("timeout") from exc
             except (OSError, EOFError, h11.ProtocolError, ProbeError) as exc:
                 if kept is not None and attempt == 1:
                     continue  # the kept-alive connection had been closed: one fresh try
                 raise ProbeError(type(exc).__name__) from exc
-            except TimeoutError as exc:
-                raise ProbeError("timeout") from exc
         raise ProbeError("unreachable")
 
     async def _exchange(

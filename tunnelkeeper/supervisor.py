@@ -213,7 +213,17 @@ class TunnelSupervisor(Rollout):
         if reason in ("exited", "no_connections", "unresponsive", "rotation", "upgrade"):
             state.restarts += 1
             self.metrics.replica_restarts.labels(self.cfg.name, str(slot), reason).inc()
-        self._start_task(self._run_replica(replica), f"replica {rid}")
+        # Spawned here, synchronously (a fork/exec), so the daemon's ledger, written right
+        # after this converge, already lists it: a daemon killed now leaves no orphan.
+        try:
+            proc.start()
+        except OSError as exc:
+            self._log.error(
+                "replica_spawn_failed", slot=slot, error=str(exc), binary=str(self.binary)
+            )
+            self._forget(replica, exited=True, returncode=None)
+            return
+        self._start_task(self._probe_loop(replica), f"probe {rid}")
 
     def take(self, r: Replica) -> None:
         """Supervise a replica that already runs (adopted from a previous daemon)."""
@@ -227,20 +237,6 @@ class TunnelSupervisor(Rollout):
         if r.role is Role.DRAINING:
             self._start_task(r.proc.stop(signal_first=False), f"drain {r.rid}")
         self._start_task(self._probe_loop(r), f"probe {r.rid}")
-
-    async def _run_replica(self, r: Replica) -> None:
-        try:
-            r.proc.start()
-        except OSError as exc:
-            self._log.error(
-                "replica_spawn_failed",
-                slot=r.rid.slot,
-                error=str(exc),
-                binary=str(self.cloudflared.path),
-            )
-            self._forget(r, exited=True, returncode=None)
-            return
-        await self._probe_loop(r)
 
     async def _probe_loop(self, r: Replica) -> None:
         last_version_at = -1e9

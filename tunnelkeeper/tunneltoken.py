@@ -50,7 +50,7 @@ class TunnelToken:
             raise InvalidTokenError("token is not standard padded base64") from None
         try:
             obj = json.loads(decoded)
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             raise InvalidTokenError("token does not decode to JSON") from None
         if not isinstance(obj, dict):
             raise InvalidTokenError("token JSON is not an object")

@@ -141,13 +141,19 @@ def _handler(web: DaemonWeb, *, control: bool) -> type[BaseHTTPRequestHandler]:
             if not control:
                 self._json(405, {"error": "control actions are only on the control socket"})
                 return
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_CONTROL_BODY:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if not 0 <= length <= MAX_CONTROL_BODY:
+                if length < 0:
+                    self._json(400, {"error": "bad Content-Length"})
+                    return
                 self._json(413, {"error": "body too large"})
                 return
             try:
                 body = json.loads(self.rfile.read(length) or b"{}")
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 body = None
             if not isinstance(body, dict):
                 self._json(400, {"error": "body must be a JSON object"})

@@ -68,6 +68,8 @@ class _Link:
     ws: aiohttp.ClientWebSocketResponse
     origin_url: str
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # set when the edge confirms "unregister": it sends no request on this link after that
+    unregistered: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Backoff:
@@ -124,11 +126,24 @@ class Connector:
         task.add_done_callback(self._loops.discard)
 
     async def drain(self, grace_seconds: float) -> None:
-        """Unregister every connection, refuse new requests, wait for in-flight ones."""
+        """Unregister every connection, refuse new requests, wait for in-flight ones.
+
+        The edge may have sent requests before it processed "unregister"; they arrive before
+        its confirmation (one ordered stream per link), so once every link is confirmed no
+        request can still be on its way, and waiting for the in-flight ones is enough.
+        """
         self.is_draining = True
-        for link in list(self._links.values()):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_seconds
+        links = list(self._links.values())
+        for link in links:
             await self._send(link, {"type": "unregister"})
-        await self.proxy.wait_idle(grace_seconds)
+        pending = [asyncio.ensure_future(link.unregistered.wait()) for link in links]
+        if pending:
+            _, not_done = await asyncio.wait(pending, timeout=min(grace_seconds, 5.0))
+            for fut in not_done:
+                fut.cancel()
+        await self.proxy.wait_idle(max(0.0, deadline - loop.time()))
 
     async def aclose(self) -> None:
         self.is_draining = True
@@ -294,6 +309,8 @@ class Connector:
                 continue
             if message["type"] == "request":
                 await self._on_request(link, message)
+            elif message["type"] == "unregistered":
+                link.unregistered.set()
         if not self.is_draining:
             idle = isinstance(link.ws.exception(), aiohttp.ServerTimeoutError | TimeoutError)
             text = "timeout: no recent network activity" if idle else "connection closed by edge"

@@ -248,6 +248,8 @@ class Edge:
                     link.resolve(message)
                 elif kind == "unregister":
                     self.account.mark_draining(link.connection_id)
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await link.send({"type": "unregistered"})
                     log.info(
                         "connection_draining connector=%s conn_index=%d",
                         link.connector_id,

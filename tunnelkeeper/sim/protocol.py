@@ -32,6 +32,10 @@ in-flight ones still complete::
 
     {"type": "unregister"}
 
+Edge -> connector, confirming it: no request follows on this connection::
+
+    {"type": "unregistered"}
+
 Every message is parsed with :func:`decode`, which treats the peer as hostile.
 """
 
@@ -55,6 +59,7 @@ MESSAGE_TYPES = frozenset(
         "origin_error",
         "refused",
         "unregister",
+        "unregistered",
     }
 )
 
@@ -73,12 +78,12 @@ def decode(text: str | bytes) -> dict[str, Any]:
         raise ProtocolError("message too large")
     try:
         obj = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError("message is not JSON") from exc
     if not isinstance(obj, dict):
         raise ProtocolError("message is not an object")
     kind = obj.get("type")
-    if kind not in MESSAGE_TYPES:
+    if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
         raise ProtocolError("unknown message type")
     return obj
 

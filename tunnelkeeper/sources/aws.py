@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -166,7 +167,9 @@ class AwsSecretsManagerSource(TokenSource):
         if isinstance(exc, TokenSourceError):
             return exc
         if isinstance(exc, bx.ClientError):
-            code = str(exc.response.get("Error", {}).get("Code", "Unknown"))
+            raw_code = str(exc.response.get("Error", {}).get("Code", "Unknown"))
+            # the endpoint is outside input: keep an error code's shape, nothing else
+            code = re.sub(r"[^A-Za-z0-9._-]", "?", raw_code)[:64] or "Unknown"
             if code == "ResourceNotFoundException":
                 return TokenSourceError(f"{d}: no secret {self.cfg.secret_id!r}")
             if code in _DENIED:

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import re
 import signal
 from collections.abc import Callable, Mapping
 from typing import Final
@@ -75,10 +76,15 @@ async def _reap(proc: asyncio.subprocess.Process) -> None:
             transport.close()
 
 
+# A run of base64 this long on stderr may be a token (or its secret) even when stdout did not
+# carry it: redacted too. Real tokens are ~180 characters; secrets 44.
+TOKEN_LIKE = re.compile(r"[A-Za-z0-9+/_-]{40,}={0,2}")
+
+
 def redact(text: str, secrets: list[str]) -> str:
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
-    return text
+    return TOKEN_LIKE.sub(REDACTED, text)
 
 
 def _secrets_in(stdout: str, version: TokenVersion | None) -> list[str]:

@@ -216,7 +216,7 @@ class VaultSource(TokenSource):
             raise TokenSourceError(f"{self.description}: vault answered HTTP {code}")
         try:
             body = resp.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             body = None
         if not isinstance(body, dict):
             raise TokenSourceError(f"{self.description}: vault sent a response that is not JSON")
