@@ -7,8 +7,6 @@ import uuid
 import zoneinfo
 from pathlib import Path
 
-from apscheduler.triggers.cron import CronTrigger
-
 from tunnelkeeper.config import (
     AwsSourceConfig,
     CommandSourceConfig,
@@ -117,6 +115,8 @@ def _read_timezone(t: Section) -> str:
 
 
 def _check_cron(t: Section, expr: str, timezone: str) -> None:
+    from apscheduler.triggers.cron import CronTrigger  # only configs with a schedule pay for it
+
     try:
         CronTrigger.from_crontab(expr, timezone=timezone)
     except Exception as exc:  # apscheduler raises ValueError, but this is outside input

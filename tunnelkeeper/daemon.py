@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -37,6 +37,9 @@ from tunnelkeeper.tokens import TokenFeed
 from tunnelkeeper.upgrade import Upgrader
 from tunnelkeeper.web import DaemonWeb
 
+if TYPE_CHECKING:
+    from tunnelkeeper.schedule import RefreshScheduler
+
 log = structlog.get_logger("tunnelkeeper.daemon")
 
 
@@ -55,6 +58,7 @@ class Daemon:
         self.last_tick_at = clock()
         self.sups: dict[str, TunnelSupervisor] = {}
         self.fleet: FleetPoller | None = None
+        self.scheduler: RefreshScheduler | None = None
         self.fleet_error: str | None = None
         self._fleet_task: asyncio.Task[None] | None = None
         self.feeds: dict[str, TokenFeed] = {}
@@ -129,6 +133,7 @@ class Daemon:
         await self.upgrader.prepare(cfg.cloudflared)
         await self.alerts.start()
         self._start_fleet()
+        await self._start_schedule()
         for feed in self.feeds.values():
             await feed.start()
         log.info(
@@ -184,6 +189,8 @@ class Daemon:
         for feed in self.feeds.values():
             await feed.aclose()
         await self._stop_fleet()
+        if self.scheduler is not None:
+            await self.scheduler.aclose()
         if self.handover:
             self._write_ledger()
             for sup in self.sups.values():
@@ -246,6 +253,23 @@ class Daemon:
             clock=self.clock,
         )
         self._fleet_task = asyncio.create_task(self.fleet.run(), name="fleet poller")
+
+    async def _start_schedule(self) -> None:
+        """Scheduled secret refresh, on the host that holds API credentials ([fleet])."""
+        cfg = self.config
+        if cfg.fleet is None or not any(t.refresh_schedule for t in cfg.tunnels):
+            return
+        from tunnelkeeper.refresh import scheduled_refresh
+        from tunnelkeeper.schedule import RefreshScheduler  # apscheduler: only when used
+
+        async def refresh(tunnel: TunnelConfig) -> None:
+            await scheduled_refresh(self.config, tunnel)
+            feed = self.feeds.get(tunnel.name)
+            if feed is not None:
+                feed.poll_now()  # roll here now rather than at the next poll
+
+        self.scheduler = RefreshScheduler(cfg, cfg.daemon.state_dir, refresh)
+        await self.scheduler.start()
 
     async def _stop_fleet(self) -> None:
         if self._fleet_task is not None:
