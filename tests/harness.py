@@ -208,10 +208,10 @@ class Daemon:
         return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, tunnel: str, replicas: int, timeout: float = 30) -> list[dict[str, Any]]:
-        def ready() -> list[dict[str, Any]] | None:
+        def ready() -> list[dict[str, Any]]:
             prim = self.primaries(tunnel)
             ok = [r for r in prim if r["ready_connections"] > 0]
-            return prim if len(ok) == replicas and len(prim) == replicas else None
+            return prim if len(ok) == replicas and len(prim) == replicas else []
 
         return wait_until(ready, timeout=timeout, what=f"{replicas} ready replicas of {tunnel}")
 
