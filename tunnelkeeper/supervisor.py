@@ -329,7 +329,15 @@ class TunnelSupervisor(Rollout):
         self._start_task(r.proc.stop(), f"drain {r.rid}")
 
     def crash_looping(self, slot: int) -> bool:
-        return len(self.slots[slot].exits) >= self.daemon.crash_loop_restarts
+        """Too many exits within the window, and no replica in the slot serving steadily since
+        (a recovered slot stops being "crash looping" without waiting for another exit)."""
+        now = self.clock()
+        state = self.slots[slot]
+        window = self.daemon.crash_loop_window_seconds
+        if sum(1 for t in state.exits if now - t <= window) < self.daemon.crash_loop_restarts:
+            return False
+        p = self.primary(slot)
+        return not (p is not None and p.ready_at is not None and now - p.ready_at >= STABLE_SECONDS)
 
     # --- lifecycle ---------------------------------------------------------------------------
 

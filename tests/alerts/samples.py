@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from tunnelkeeper.alerts import AlertEngine, Condition, Notification
 from tunnelkeeper.config import AlertsConfig
@@ -32,3 +33,10 @@ def many(count: int, start: datetime = T0) -> list[Notification]:
     for slot in range(count):
         out.extend(fire_and_resolve(labels={"tunnel": "portal", "slot": str(slot)}, start=start))
     return out
+
+
+def is_firing_post(entry: dict[str, Any]) -> bool:
+    """Firing alerts are posted with endsAt ahead of now (Alertmanager keeps them that long);
+    resolved ones with the past time their condition cleared."""
+    ends = datetime.fromisoformat(entry["endsAt"].replace("Z", "+00:00"))
+    return ends > datetime.now(UTC)

@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from tests.alerts.conftest import deliveries
 from tests.alerts.receiver import Receiver, Reply
-from tests.alerts.samples import fire_and_resolve, many
+from tests.alerts.samples import fire_and_resolve, is_firing_post, many
 from tests.waiting import await_until, free_port
 from tunnelkeeper.alerts import Dispatcher
 from tunnelkeeper.config import SinkConfig
@@ -218,17 +218,17 @@ async def test_alertmanager_sink_resends_while_firing_and_after_resolve(
     fired, resolved = fire_and_resolve()
     d.enqueue([fired])
     await await_until(lambda: _true(am.completed >= 3), what="re-sends while firing")
-    assert all("endsAt" not in r.json()[0] for r in am.received("/api/v2/alerts"))
+    assert all(is_firing_post(r.json()[0]) for r in am.received("/api/v2/alerts"))
     d.enqueue([resolved])
     await await_until(
-        lambda: _true(sum("endsAt" in r.json()[0] for r in am.received()) >= 3),
+        lambda: _true(sum(not is_firing_post(r.json()[0]) for r in am.received()) >= 3),
         what="resolved re-sends",
     )
     # re-sends of the resolved form stop after the window; nothing firing is sent after resolve
     await await_until(lambda: _true(_quiet(am)), timeout=10, what="re-sends stop")
     bodies = [r.json()[0] for r in am.received()]
-    first_resolved = next(i for i, b in enumerate(bodies) if "endsAt" in b)
-    assert all("endsAt" in b for b in bodies[first_resolved:])
+    first_resolved = next(i for i, b in enumerate(bodies) if not is_firing_post(b))
+    assert not any(is_firing_post(b) for b in bodies[first_resolved:])
     assert deliveries(metrics, "am", "delivered") == 2  # re-sends are not counted
 
 

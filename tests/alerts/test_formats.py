@@ -16,7 +16,7 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from tests.alerts.samples import fire_and_resolve
+from tests.alerts.samples import fire_and_resolve, is_firing_post
 from tunnelkeeper.alerts import formats
 from tunnelkeeper.alerts.retry import (
     Outcome,
@@ -92,10 +92,12 @@ def test_pagerduty_summary_is_capped() -> None:
     assert len(formats.pagerduty_payload(fired, "k")["payload"]["summary"]) == 1024
 
 
-def test_alertmanager_body_omits_ends_at_while_firing() -> None:
+def test_alertmanager_body_ends_firing_alerts_ahead_of_now() -> None:
     fired, resolved = fire_and_resolve()
     (a,) = formats.alertmanager_payload([fired])
-    assert "endsAt" not in a
+    # endsAt a few re-send intervals ahead, never before startsAt: Alertmanager never has to
+    # fill it in from its own clock (which may be behind ours)
+    assert is_firing_post(a) and a["endsAt"] > a["startsAt"]
     assert a["labels"]["alertname"] == "ReplicaNoEdgeConnections"
     (b,) = formats.alertmanager_payload([resolved])
     assert b["endsAt"] == "2026-01-10T09:00:20.000Z"

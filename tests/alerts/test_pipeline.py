@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tests.alerts.conftest import deliveries
 from tests.alerts.receiver import Receiver
+from tests.alerts.samples import is_firing_post
 from tests.waiting import await_until
 from tunnelkeeper.alerts import AlertPipeline, Condition
 from tunnelkeeper.config import AlertsConfig, SinkConfig
@@ -64,7 +65,7 @@ async def test_gauge_status_and_restart_resend(
         assert [a.fingerprint for a in second.firing()] == [fired.alert.fingerprint]
         assert firing_gauge(restarted_metrics, "TunnelDown") == 1
         await await_until(lambda: _true(len(am.received()) > seen), what="re-post after restart")
-        assert "endsAt" not in am.received()[-1].json()[0]
+        assert is_firing_post(am.received()[-1].json()[0])
         (resolved,) = second.observe([], now=10.0, wall=T0 + timedelta(seconds=10))
         assert resolved.id == fired.id.replace("-firing", "-resolved")
         assert firing_gauge(restarted_metrics, "TunnelDown") == 0

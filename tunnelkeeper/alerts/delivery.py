@@ -252,18 +252,41 @@ class Dispatcher:
         if not rows and engine_state is None:
             return 0
         added = 0
-        for attempt in (1, 2):  # the outbox replaces a corrupt file on failure; try once more
+        for attempt in (1, 2, 3):  # a corrupt file is replaced on failure; then memory
             try:
                 added = self.outbox.add(rows, engine_state)
                 break
             except OutboxError as exc:
                 log.error("alert_outbox_write_failed", attempt=attempt, error=str(exc))
+                if attempt == 2:
+                    self._fall_back_to_memory(str(exc))
         wanted = {name for name, _ in rows}
         for worker in self._workers:
             if worker.sink.name in wanted:
                 worker.wake.set()
         self.update_pending()
         return added
+
+    def _fall_back_to_memory(self, reason: str) -> None:
+        """The disk refuses writes (full, read-only, broken): keep paging from memory. What is
+        already pending moves along; durability returns with a restart on a writable disk."""
+        old = self.outbox
+        if old.path is None:
+            return
+        try:
+            pending = [(r.sink, r.notification) for r in old.rows() if r.state == "pending"]
+        except OutboxError:
+            pending = []
+        memory = Outbox(None)
+        memory.add(pending)
+        self.outbox = memory
+        log.error(
+            "alert_outbox_in_memory",
+            reason=reason,
+            moved=len(pending),
+            note="pages still go out, but are not durable until a restart with a "
+            "writable state_dir",
+        )
 
     def update_pending(self) -> None:
         with contextlib.suppress(OutboxError):

@@ -106,7 +106,10 @@ class AlertEngine:
                 inst.clear_since, inst.cleared_at = now, wall
             if now - inst.clear_since >= self.resolve_hold_seconds:
                 del self._instances[key]
-                out.append(Notification(RESOLVED, inst.alert, ends_at=inst.cleared_at or wall))
+                # never before it fired, whatever the wall clock did in between (a backward step
+                # would otherwise give endsAt < startsAt, which Alertmanager rejects)
+                ended = max(inst.cleared_at or wall, inst.alert.fired_at)
+                out.append(Notification(RESOLVED, inst.alert, ends_at=ended))
         return out
 
     def firing(self) -> list[Alert]:

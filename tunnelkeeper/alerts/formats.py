@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tunnelkeeper.alerts.notification import ZERO_TIME, Notification, rfc3339
@@ -122,10 +123,18 @@ def pagerduty_payload(n: Notification, routing_key: str) -> dict[str, Any]:
     return body
 
 
+# A firing alert is posted with endsAt this far ahead (as Prometheus does: 4 x its resend
+# interval), so Alertmanager keeps it while we re-post every 45 s, expires it if we die, and
+# never has to fill endsAt in from its own clock — which, with our clock ahead of its by more
+# than its resolve_timeout, would put endsAt before our startsAt and make it reject the alert.
+FIRING_HORIZON = timedelta(seconds=180)
+
+
 def alertmanager_payload(notifications: Sequence[Notification]) -> list[dict[str, Any]]:
-    """``POST /api/v2/alerts`` body. Firing alerts omit endsAt (Alertmanager then expires them
-    after resolve_timeout unless re-posted); resolved ones carry endsAt."""
+    """``POST /api/v2/alerts`` body: firing alerts carry endsAt = now + FIRING_HORIZON (never
+    before startsAt), resolved ones the time their condition cleared."""
     out: list[dict[str, Any]] = []
+    now = datetime.now(UTC)
     for n in notifications:
         entry: dict[str, Any] = {
             "labels": dict(n.alert.labels),
@@ -133,7 +142,9 @@ def alertmanager_payload(notifications: Sequence[Notification]) -> list[dict[str
             "startsAt": rfc3339(n.alert.fired_at),
         }
         if n.ends_at is not None:
-            entry["endsAt"] = rfc3339(n.ends_at)
+            entry["endsAt"] = rfc3339(max(n.ends_at, n.alert.fired_at))
+        else:
+            entry["endsAt"] = rfc3339(max(now, n.alert.fired_at) + FIRING_HORIZON)
         if n.alert.generator_url:
             entry["generatorURL"] = n.alert.generator_url
         out.append(entry)
