@@ -70,6 +70,7 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._status_line = ""
         self._ledger_key: tuple[tuple[Any, ...], ...] = ()
+        self._ledger_error: str | None = None
         self.alerts = AlertPipeline(
             config.daemon.host,
             config.alerts,
@@ -306,8 +307,18 @@ class Daemon:
             try:
                 write_ledger(self.ledger_path, entries)
                 self._ledger_key = key
+                if self._ledger_error is not None:
+                    log.info("ledger_write_recovered", path=str(self.ledger_path))
+                self._ledger_error = None
             except OSError as exc:
-                log.error("ledger_write_failed", path=str(self.ledger_path), error=str(exc))
+                if str(exc) != self._ledger_error:  # once per distinct error, not every tick
+                    log.error(
+                        "ledger_write_failed",
+                        path=str(self.ledger_path),
+                        error=str(exc),
+                        consequence="a daemon restart now could not adopt these replicas",
+                    )
+                self._ledger_error = str(exc)
 
     def _notify_systemd(self) -> None:
         parts = []
