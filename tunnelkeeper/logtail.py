@@ -34,7 +34,7 @@ class LogTail:
         *,
         from_end: bool = False,
         max_bytes: int = DEFAULT_MAX_BYTES,
-        interval_seconds: float = 0.25,
+        interval_seconds: float = 0.5,
     ) -> None:
         self.path = path
         self.on_line = on_line
@@ -101,13 +101,13 @@ class LogTail:
             self.on_line(self._buf[:MAX_LINE_BYTES])
         self._buf = b""
 
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
+    async def run(self) -> None:
+        """Tail until cancelled; then call :meth:`finish` for the last lines."""
+        while True:
             busy = self.read_available() >= READ_CHUNK
-            if not busy:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.interval_seconds)
-            else:
-                await asyncio.sleep(0)  # a flood: keep reading, but let the loop breathe
+            # a flood: keep reading, but let the loop breathe; else one cheap timer per interval
+            await asyncio.sleep(0 if busy else self.interval_seconds)
+
+    def finish(self) -> None:
         self.read_available()
         self.flush()

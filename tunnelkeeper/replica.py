@@ -129,7 +129,6 @@ class ReplicaProcess:
         self._popen: subprocess.Popen[bytes] | None = None
         self._pidfd: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._stop_tail = asyncio.Event()
         self._gate = FloodGate()
         self._log = log.bind(tunnel=rid.tunnel, slot=rid.slot, generation=rid.generation)
         replicas_dir = ensure_runtime_dir(spec.runtime_dir)
@@ -186,7 +185,7 @@ class ReplicaProcess:
 
     def _start_tasks(self, waiter: Coroutine[Any, Any, None]) -> None:
         self._tasks = [
-            asyncio.create_task(self._tail.run(self._stop_tail), name=f"log {self.rid}"),
+            asyncio.create_task(self._tail.run(), name=f"log {self.rid}"),
             asyncio.create_task(waiter, name=f"wait {self.rid}"),
         ]
 
@@ -217,9 +216,10 @@ class ReplicaProcess:
         await self._finish()
 
     async def _finish(self) -> None:
-        # Let the tail relay the last lines (they explain the exit) before we report.
-        self._stop_tail.set()
-        await asyncio.wait(self._tasks[:1], timeout=1.0)
+        # Relay the last lines (they explain the exit) before we report.
+        self._tasks[0].cancel()
+        await asyncio.gather(self._tasks[0], return_exceptions=True)
+        self._tail.finish()
         self._remove_files()
         if self._pidfd is not None:
             os.close(self._pidfd)
