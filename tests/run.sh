@@ -35,4 +35,6 @@ fi
 
 echo "== ruff"; .venv/bin/ruff check tunnelkeeper tests bench
 echo "== mypy"; .venv/bin/mypy
-echo "== pytest"; .venv/bin/pytest "$@"
+# Two workers, whole files per worker (module fixtures such as the multi-host topology stay
+# together); PYTEST_WORKERS=0 runs everything in one process.
+echo "== pytest"; .venv/bin/pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
