@@ -45,10 +45,6 @@ def url_problem(value: str, schemes: tuple[str, ...] = ("http", "https")) -> str
     return None
 
 
-# Longer unknown keys are not quoted in messages (a token pasted as a key is ~180).
-MAX_KEY_SHOWN = 40
-
-
 class Section:
     """One TOML table at ``key``; see the module docstring."""
 
@@ -87,9 +83,6 @@ class Section:
             if name in self.known:
                 continue
             label = name if isinstance(name, str) else str(name)
-            if len(label) > MAX_KEY_SHOWN:
-                # never quote it: a pasted token (or other secret) would land in the message
-                label = f"<a {len(label)}-character key>"
             if elsewhere and label in elsewhere:
                 self.problem(label, elsewhere[label])
             else:

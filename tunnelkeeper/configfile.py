@@ -17,7 +17,7 @@ from typing import NamedTuple
 from tunnelkeeper.config import Config
 from tunnelkeeper.configalerts import read_alerts
 from tunnelkeeper.configfields import Problems, Section
-from tunnelkeeper.configlines import find_line, format_key, key_lines
+from tunnelkeeper.configlines import Key, find_line, format_key, key_lines
 from tunnelkeeper.configsections import read_cloudflared, read_daemon, read_fleet
 from tunnelkeeper.configtunnels import read_tunnels
 from tunnelkeeper.errors import TunnelkeeperError
@@ -100,10 +100,24 @@ def build_config(data: Mapping[str, object], path: Path, *, text: str = "") -> C
     return config
 
 
+# Longer key names are never quoted in messages: a token pasted as a key (~180 characters)
+# must not land in `check` output or the journal.
+MAX_KEY_SHOWN = 40
+
+
+def _shown(key: Key) -> Key:
+    return tuple(
+        f"<a {len(part)}-character key>"
+        if isinstance(part, str) and len(part) > MAX_KEY_SHOWN
+        else part
+        for part in key
+    )
+
+
 def _located(problems: Problems, text: str) -> list[ConfigProblem]:
     lines = key_lines(text) if text else {}
     located = [
-        ConfigProblem(format_key(key) or "(top level)", message, find_line(lines, key))
+        ConfigProblem(format_key(_shown(key)) or "(top level)", message, find_line(lines, key))
         for key, message in problems.found
     ]
     # file order; problems the text cannot place (e.g. a missing section) last
