@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from tunnelkeeper.alerts import Condition
-from tunnelkeeper.policy import Role
+from tunnelkeeper.policy import Phase, Role
+from tunnelkeeper.records import Replica
 from tunnelkeeper.supervisor import TunnelSupervisor
 
 
@@ -33,10 +34,12 @@ def tunnel_conditions(
                     },
                 )
             )
-        if primary is None or not primary.proc.running:
+        down = _down_reason(sup, slot, primary, now)
+        if down is not None:
             if sup.target_token() is not None:  # without a token, TunnelDown says it all
-                out.append(Condition("ReplicaDown", labels))
+                out.append(Condition("ReplicaDown", labels, details={"reason": down}))
             continue
+        assert primary is not None
         if primary.ready_connections > 0:
             ready += 1
             continue
@@ -85,3 +88,20 @@ def tunnel_conditions(
 
 def all_conditions(parts: Iterable[list[Condition]]) -> list[Condition]:
     return [c for part in parts for c in part]
+
+
+def _down_reason(
+    sup: TunnelSupervisor, slot: int, primary: Replica | None, now: float
+) -> str | None:
+    """Why the slot has no serving replica because of its process (not the edge), or None.
+
+    A slot whose replica died is down until a replacement is ready at the edge, not merely until
+    one is spawned; a hung replica (metrics server silent) is down too.
+    """
+    if primary is None or not primary.proc.running:
+        return "not running"
+    if sup.phase(primary, now) is Phase.UNRESPONSIVE:
+        return "unresponsive"
+    if primary.ready_at is None and sup.slots[slot].empty_reason == "exited":
+        return "restarting after an exit"
+    return None
