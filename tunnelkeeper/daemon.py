@@ -286,47 +286,52 @@ class Daemon:
         return self.config.daemon.state_dir / "replicas.json"
 
     def _write_ledger(self) -> None:
+        live = [
+            r
+            for sup in self.sups.values()
+            for r in sup.replicas.values()
+            if r.proc.pid is not None and r.proc.running
+        ]
+        key = tuple((r.proc.pid, r.rid.generation, r.role.value) for r in live)
+        if key == self._ledger_key:
+            return  # the common case, every tick: nothing to write, nothing to build
         entries = [
             LedgerEntry(
                 r.rid.tunnel,
                 r.rid.slot,
                 r.rid.generation,
-                r.proc.pid,
+                r.proc.pid or 0,  # filtered above: never None here
                 r.proc.create_time or 0.0,
                 r.proc.spec.metrics_port,
                 str(r.proc.token_file),
                 str(r.proc.spec.binary),
                 r.role.value,
             )
-            for sup in self.sups.values()
-            for r in sup.replicas.values()
-            if r.proc.pid is not None and r.proc.running
+            for r in live
         ]
-        key = tuple((e.pid, e.generation, e.role) for e in entries)
-        if key != self._ledger_key:
-            try:
-                write_ledger(self.ledger_path, entries)
-                self._ledger_key = key
-                if self._ledger_error is not None:
-                    log.info("ledger_write_recovered", path=str(self.ledger_path))
-                self._ledger_error = None
-            except OSError as exc:
-                if str(exc) != self._ledger_error:  # once per distinct error, not every tick
-                    log.error(
-                        "ledger_write_failed",
-                        path=str(self.ledger_path),
-                        error=str(exc),
-                        consequence="a daemon restart now could not adopt these replicas",
-                    )
-                self._ledger_error = str(exc)
+        try:
+            write_ledger(self.ledger_path, entries)
+            self._ledger_key = key
+            if self._ledger_error is not None:
+                log.info("ledger_write_recovered", path=str(self.ledger_path))
+            self._ledger_error = None
+        except OSError as exc:
+            if str(exc) != self._ledger_error:  # once per distinct error, not every tick
+                log.error(
+                    "ledger_write_failed",
+                    path=str(self.ledger_path),
+                    error=str(exc),
+                    consequence="a daemon restart now could not adopt these replicas",
+                )
+            self._ledger_error = str(exc)
 
     def _notify_systemd(self) -> None:
         parts = []
         all_ready = True
         for sup in self.sups.values():
-            st = tunnel_status(sup, self.clock())
-            parts.append(f"{sup.cfg.name} {st['ready_replicas']}/{st['desired_replicas']} ready")
-            all_ready = all_ready and st["ready_replicas"] > 0
+            ready = sup.ready_count()
+            parts.append(f"{sup.cfg.name} {ready}/{len(sup.slots)} ready")
+            all_ready = all_ready and ready > 0
         line = "; ".join(parts)
         if line != self._status_line:
             self._status_line = line

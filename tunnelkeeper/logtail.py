@@ -34,7 +34,7 @@ class LogTail:
         *,
         from_end: bool = False,
         max_bytes: int = DEFAULT_MAX_BYTES,
-        interval_seconds: float = 0.5,
+        interval_seconds: float = 1.0,
     ) -> None:
         self.path = path
         self.on_line = on_line

@@ -397,6 +397,17 @@ class TunnelSupervisor(Rollout):
         self.metrics.replica_cpu_seconds.labels(*labels).set(cpu.user + cpu.system)
         self.metrics.replica_rss_bytes.labels(*labels).set(rss)
 
+    def ready_count(self) -> int:
+        """Slots whose primary has at least one edge connection."""
+        return sum(
+            1
+            for r in self.replicas.values()
+            if r.role is Role.PRIMARY
+            and r.rid.slot < len(self.slots)
+            and r.proc.running
+            and r.ready_connections > 0
+        )
+
     def primary(self, slot: int) -> Replica | None:
         return next(
             (r for r in self.replicas.values() if r.rid.slot == slot and r.role is Role.PRIMARY),
