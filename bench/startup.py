@@ -1,0 +1,109 @@
+"""Start-up: `tunnelkeeper --version`, `tunnelkeeper status` against a running daemon, and daemon
+start -> READY=1 (systemd's notify socket, played by a bound AF_UNIX datagram socket; the daemon
+sends READY=1 once every tunnel has a replica ready at the edge).
+
+Wall-clock durations of whole processes, measured with a monotonic clock around
+``subprocess.run`` (hyperfine is not installed here).
+
+    .venv/bin/python -m bench.startup [--runs 20] [--ready-runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.alternatives import RESULTS, cell, figures, tk_config
+from tests.harness import TUNNELKEEPER, start_daemon, start_sim
+
+
+def time_command(argv: list[str], runs: int) -> list[float | None]:
+    out: list[float | None] = []
+    for _ in range(runs):
+        t0 = time.monotonic()
+        done = subprocess.run(argv, capture_output=True, timeout=30, check=False)
+        out.append(time.monotonic() - t0 if done.returncode == 0 else None)
+    return out
+
+
+def start_to_ready(cfg: Path, work: Path, runs: int) -> list[float | None]:
+    out: list[float | None] = []
+    for i in range(runs):
+        path = work / f"notify-{i}.sock"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(str(path))
+            sock.settimeout(0.5)
+            t0 = time.monotonic()
+            d = start_daemon(cfg, env={"NOTIFY_SOCKET": str(path)})
+            try:
+                ready_at = None
+                deadline = t0 + 60
+                while ready_at is None and time.monotonic() < deadline:
+                    try:
+                        data = sock.recv(4096)
+                    except TimeoutError:
+                        continue
+                    if "READY=1" in data.decode(errors="replace").split("\n"):
+                        ready_at = time.monotonic()
+                out.append(None if ready_at is None else ready_at - t0)
+            finally:
+                d.stop()
+        path.unlink(missing_ok=True)
+    return out
+
+
+def run(work: Path, runs: int, ready_runs: int) -> dict[str, Any]:
+    res: dict[str, Any] = {"version": figures(time_command([TUNNELKEEPER, "--version"], runs))}
+    sim = start_sim(work / "sim", {"portal": "builtin"})
+    try:
+        cfg = tk_config(work / "tk", sim, {"portal": {"replicas": 2}})
+        d = start_daemon(cfg)
+        try:
+            d.wait_ready("portal", 2, timeout=60)
+            res["status"] = figures(time_command([TUNNELKEEPER, "status", "-c", str(cfg)], runs))
+        finally:
+            d.stop()
+        res["start_to_ready"] = figures(start_to_ready(cfg, work, ready_runs))
+        res["start_to_ready"]["replicas"] = 2
+    finally:
+        sim.stop()
+    res["method"] = "subprocess wall time with a monotonic clock; hyperfine not installed"
+    return res
+
+
+def table(res: dict[str, Any]) -> list[str]:
+    lines = [f"{'start-up (seconds)':44} {'median':>8} {'p99':>8} {'runs':>5}"]
+    for key, label in (
+        ("version", "tunnelkeeper --version"),
+        ("status", "tunnelkeeper status (daemon running)"),
+        ("start_to_ready", "daemon start -> READY=1 (2 replicas ready)"),
+    ):
+        f = res[key]
+        lines.append(f"{label:44} {cell(f):>8} {cell(f, 'p99_s'):>8} {f['runs']:>5}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--ready-runs", type=int, default=5)
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="tk-bench-start-") as tmp:
+        res = run(Path(tmp), args.runs, args.ready_runs)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "startup.json").write_text(json.dumps(res, indent=2))
+    print("\n".join(table(res)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
