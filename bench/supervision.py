@@ -50,8 +50,12 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"runs": len(values), "median_s": round(statistics.median(values), 3),
-            "p99_s": round(percentile(values, 0.99), 3), "max_s": round(max(values), 3)}
+    return {
+        "runs": len(values),
+        "median_s": round(statistics.median(values), 3),
+        "p99_s": round(percentile(values, 0.99), 3),
+        "max_s": round(max(values), 3),
+    }
 
 
 def bench_kill(sim: Sim, d: Any, runs: int) -> list[float]:
@@ -85,8 +89,10 @@ def bench_partition(sim: Sim, d: Any, runs: int) -> list[float]:
         t1 = wait_for(lambda: len(set(live_connectors(sim, "portal")) - before) >= 1, timeout=60)
         out.append(t1 - t0)
         sim.fault("heal")
-        wait_for(lambda: victim not in {r["connector_id"] for r in d.tunnel("portal")["replicas"]},
-                 timeout=30)
+        wait_for(
+            lambda: victim not in {r["connector_id"] for r in d.tunnel("portal")["replicas"]},
+            timeout=30,
+        )
     return out
 
 
@@ -107,8 +113,13 @@ def bench_idle(sim: Sim, workdir: Path, seconds: float) -> dict[str, float]:
             time.sleep(1)
         c1, t1 = p.cpu_times(), time.monotonic()
         cpu = (c1.user + c1.system - c0.user - c0.system) / (t1 - t0)
-        return {"replicas": 4, "seconds": round(t1 - t0, 1), "cpu_percent_of_core": round(100 * cpu, 3),
-                "rss_mb_max": round(max(rss) / 2**20, 1), "rss_mb_median": round(statistics.median(rss) / 2**20, 1)}
+        return {
+            "replicas": 4,
+            "seconds": round(t1 - t0, 1),
+            "cpu_percent_of_core": round(100 * cpu, 3),
+            "rss_mb_max": round(max(rss) / 2**20, 1),
+            "rss_mb_median": round(statistics.median(rss) / 2**20, 1),
+        }
     finally:
         d.stop()
 
@@ -131,7 +142,8 @@ def main() -> int:
                 results["partition_to_replacement_ready"] = summary(part)
                 results["partition_to_replacement_ready"]["unhealthy_after_seconds"] = 3
                 results["partition_to_replacement_ready"]["beyond_unhealthy_after"] = summary(
-                    [p - 3 for p in part])
+                    [p - 3 for p in part]
+                )
             finally:
                 d.stop()
             results["idle_4_replicas_1s_probes"] = bench_idle(sim, work, args.idle_seconds)
@@ -140,15 +152,24 @@ def main() -> int:
     out = Path(__file__).parent / "results" / "supervision.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    k, p, i = (results["kill9_to_replacement_ready"], results["partition_to_replacement_ready"],
-               results["idle_4_replicas_1s_probes"])
+    k, p, i = (
+        results["kill9_to_replacement_ready"],
+        results["partition_to_replacement_ready"],
+        results["idle_4_replicas_1s_probes"],
+    )
     print(f"{'measure':44} {'median':>8} {'p99':>8} {'runs':>5}")
-    print(f"{'kill -9 -> replacement ready at edge (s)':44} {k['median_s']:8.3f} {k['p99_s']:8.3f} {k['runs']:5}")
-    print(f"{'partition -> replacement ready at edge (s)':44} {p['median_s']:8.3f} {p['p99_s']:8.3f} {p['runs']:5}")
+    print(
+        f"{'kill -9 -> replacement ready at edge (s)':44} {k['median_s']:8.3f} {k['p99_s']:8.3f} {k['runs']:5}"
+    )
+    print(
+        f"{'partition -> replacement ready at edge (s)':44} {p['median_s']:8.3f} {p['p99_s']:8.3f} {p['runs']:5}"
+    )
     b = p["beyond_unhealthy_after"]
     print(f"{'  of which beyond unhealthy_after=3s (s)':44} {b['median_s']:8.3f} {b['p99_s']:8.3f}")
-    print(f"idle, 4 replicas, 1 s probes: {i['cpu_percent_of_core']}% of a core, "
-          f"RSS max {i['rss_mb_max']} MB (median {i['rss_mb_median']} MB) over {i['seconds']} s")
+    print(
+        f"idle, 4 replicas, 1 s probes: {i['cpu_percent_of_core']}% of a core, "
+        f"RSS max {i['rss_mb_max']} MB (median {i['rss_mb_median']} MB) over {i['seconds']} s"
+    )
     print(f"written to {out}")
     return 0
 
