@@ -96,12 +96,19 @@ def _down_reason(
     """Why the slot has no serving replica because of its process (not the edge), or None.
 
     A slot whose replica died is down until a replacement is ready at the edge, not merely until
-    one is spawned; a hung replica (metrics server silent) is down too.
+    one is spawned (up to ready_timeout); a hung replica (metrics server silent) is down too.
     """
     if primary is None or not primary.proc.running:
         return "not running"
     if sup.phase(primary, now) is Phase.UNRESPONSIVE:
         return "unresponsive"
-    if primary.ready_at is None and sup.slots[slot].empty_reason == "exited":
+    starting_for = now - primary.started_at
+    if (
+        primary.ready_at is None
+        and sup.slots[slot].empty_reason == "exited"
+        and starting_for < sup.daemon.ready_timeout_seconds
+    ):
+        # (a restart that has run past ready_timeout without connecting is an edge problem:
+        # ReplicaNoEdgeConnections below says so)
         return "restarting after an exit"
     return None
