@@ -71,17 +71,20 @@ def mode_wrapper(work: Path) -> tuple[Path, Path]:
 
 
 def pick_victim(d: Daemon, min_uptime: float) -> dict[str, Any]:
-    """The oldest ready primary up for ``min_uptime``, once no alert is firing (independent runs:
-    an alert still firing, or holding before its resolve, would not page again)."""
+    """The oldest ready primary up for ``min_uptime``, once no alert is firing and no replacement
+    is still under way (independent runs: an alert still firing, or holding before its resolve,
+    would not page again, and a pending replacement would heal the next fault early)."""
 
     def ready() -> dict[str, Any]:
+        status = d.status()
         # ReplicaCrashLooping (from the failing replacements) holds until the slot's next exit
-        if [a for a in d.status()["alerts_firing"] if not a.startswith("ReplicaCrashLooping")]:
+        if [a for a in status["alerts_firing"] if not a.startswith("ReplicaCrashLooping")]:
+            return {}
+        replicas = next(t for t in status["tunnels"] if t["name"] == "portal")["replicas"]
+        if any(r["role"] != "primary" for r in replicas):
             return {}
         ok = [
-            r
-            for r in d.primaries("portal")
-            if r["ready_connections"] > 0 and r["uptime_seconds"] >= min_uptime
+            r for r in replicas if r["ready_connections"] > 0 and r["uptime_seconds"] >= min_uptime
         ]
         return max(ok, key=lambda r: r["uptime_seconds"]) if ok else {}
 
@@ -131,6 +134,12 @@ def tk_pages(work: Path, sim: Sim, runs: int, slow_runs: int) -> dict[str, Any]:
                 first.append(min(pages.values(), default=None))
                 named.append(pages.get(alert or ""))
                 names |= {n for n, at in pages.items() if at == first[-1]}
+                if fault == "stop":  # let tunnelkeeper replace it before it may run again
+                    wait_until(
+                        lambda: v["pid"] not in {r["pid"] for r in d.tunnel("portal")["replicas"]},
+                        timeout=60,
+                        what="the hung replica replaced",
+                    )
                 mode.unlink(missing_ok=True)
                 sim.fault("heal")
                 with contextlib.suppress(ProcessLookupError):
