@@ -219,13 +219,17 @@ class Daemon:
         return stop_process(self.proc, timeout=timeout)
 
 
-def start_daemon(config: Path, *, env: dict[str, str] | None = None) -> Daemon:
+def start_daemon(
+    config: Path, *, env: dict[str, str] | None = None, prefix: list[str] | None = None
+) -> Daemon:
+    """``tunnelkeeper run -c config`` as a subprocess, up once /healthz answers. ``prefix`` (e.g.
+    setpriv dropping capabilities) must exec the daemon, so the pid is the daemon's."""
     text = config.read_text()
     port = int(text.split('listen = "127.0.0.1:')[1].split('"')[0])
     log_path = config.parent / "daemon.log"
     with open(log_path, "ab") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(
-            [TUNNELKEEPER, "run", "-c", str(config)],
+            [*(prefix or []), TUNNELKEEPER, "run", "-c", str(config)],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

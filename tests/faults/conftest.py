@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 import pytest
 
@@ -24,16 +23,13 @@ from tests.alerts.conftest import receivers  # noqa: F401 - shared fixture
 from tests.alerts.receiver import Receiver
 from tests.faults.backends import Bao, Server, moto_server, openbao
 from tests.harness import (
-    TUNNELKEEPER,
     Daemon,
     Sim,
     daemon_config,
     start_daemon,
     start_sim,
-    stop_process,
 )
 from tests.origin import Origin
-from tests.waiting import wait_until
 
 # --- the simulator and the daemon ---------------------------------------------------------------
 
@@ -80,34 +76,6 @@ def fault_config(
     return cfg
 
 
-def start_daemon_under(prefix: list[str], config: Path, env: dict[str, str] | None) -> Daemon:
-    """tests.harness.start_daemon, with ``tunnelkeeper run`` started through ``prefix`` (e.g.
-    setpriv to drop capabilities) that execs it, so the pid is the daemon's."""
-    port = int(config.read_text().split('listen = "127.0.0.1:')[1].split('"')[0])
-    log_path = config.parent / "daemon.log"
-    with open(log_path, "ab") as log:  # the child keeps its own descriptor
-        proc = subprocess.Popen(
-            [*prefix, TUNNELKEEPER, "run", "-c", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
-        )
-    d = Daemon(proc, config, f"http://127.0.0.1:{port}", log_path)
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"daemon exited {proc.returncode}: {d.output()[-3000:]}")
-        return httpx.get(d.url + "/healthz", timeout=2).status_code == 200
-
-    try:
-        wait_until(up, timeout=20, what="daemon /healthz")
-    except BaseException:
-        stop_process(proc)
-        raise
-    return d
-
-
 @pytest.fixture
 def run_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     """start(config, env=None, prefix=None) -> a running daemon; stopped after the test, and
@@ -117,7 +85,7 @@ def run_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     def start(
         config: Path, env: dict[str, str] | None = None, prefix: list[str] | None = None
     ) -> Daemon:
-        d = start_daemon_under(prefix, config, env) if prefix else start_daemon(config, env=env)
+        d = start_daemon(config, env=env, prefix=prefix)
         started.append(d)
         return d
 
