@@ -240,8 +240,10 @@ class TunnelSupervisor(Rollout):
     async def _probe_loop(self, r: Replica) -> None:
         last_version_at = -1e9
         while r.proc.running:
+            asked_at = self.clock()
             result = await self.prober.ready(r.proc.spec.metrics_port)
             now = self.clock()
+            self.metrics.probe_duration.observe(now - asked_at)
             before = r.observed()
             if result.answered:
                 r.silent_since = None
