@@ -9,7 +9,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from tunnelkeeper.config import Config, EnvSourceConfig, SystemdCredentialSourceConfig
+from tunnelkeeper.config.model import Config, EnvSourceConfig, SystemdCredentialSourceConfig
 
 VERSION_LINE = re.compile(r"cloudflared version (\d{4}\.\d{1,2}\.\d+)")
 
@@ -108,7 +108,7 @@ def check_secret_files(config: Config) -> list[tuple[str, str]]:
 
 
 def check_command(config_path: str) -> int:
-    from tunnelkeeper.configfile import ConfigError, load_config
+    from tunnelkeeper.config.load import ConfigError, load_config
 
     try:
         config = load_config(config_path)

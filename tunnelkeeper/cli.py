@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd == "run":
-        from tunnelkeeper.daemon import run_command
+        from tunnelkeeper.service.daemon import run_command
 
         return run_command(args.config)
     if cmd == "check":
@@ -114,19 +114,19 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return check_command(args.config)
     if cmd == "status":
-        from tunnelkeeper.control import status_command
+        from tunnelkeeper.service.control import status_command
 
         return status_command(args.config, as_json=args.json)
     if cmd == "rotate":
-        from tunnelkeeper.control import rotate_command
+        from tunnelkeeper.service.control import rotate_command
 
         return rotate_command(args.config, args.tunnel, force=args.force)
     if cmd == "refresh-secret":
-        from tunnelkeeper.refresh import refresh_secret_command
+        from tunnelkeeper.cloudflare.refresh import refresh_secret_command
 
         return refresh_secret_command(args.config, args.tunnel, cleanup=args.cleanup)
     if cmd == "install":
-        from tunnelkeeper.install import install_command
+        from tunnelkeeper.cloudflared.install import install_command
 
         return install_command(args.config, args.install_version)
     if cmd == "test-alert":

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from tunnelkeeper.statusview import render
+from tunnelkeeper.service.statusview import render
 
 TUNNEL = "demo"
 

@@ -17,7 +17,7 @@ import pytest
 from tests.alerts.receiver import Receiver
 from tests.waiting import free_port, wait_until
 from tunnelkeeper.alerts import Dispatcher, Outbox
-from tunnelkeeper.config import SinkConfig
+from tunnelkeeper.config.model import SinkConfig
 from tunnelkeeper.metrics import Metrics
 
 

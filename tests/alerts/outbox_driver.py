@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from tunnelkeeper.alerts import AlertPipeline, Condition
-from tunnelkeeper.config import AlertsConfig, SinkConfig
+from tunnelkeeper.config.model import AlertsConfig, SinkConfig
 from tunnelkeeper.logconfig import configure
 from tunnelkeeper.metrics import Metrics
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tunnelkeeper.alerts import AlertEngine, Condition, Notification
-from tunnelkeeper.config import AlertsConfig
+from tunnelkeeper.config.model import AlertsConfig
 
 T0 = datetime(2026, 1, 10, 9, 0, 0, tzinfo=UTC)
 

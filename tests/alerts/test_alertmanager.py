@@ -11,7 +11,7 @@ import httpx
 from tests.alerts.conftest import Alertmanager
 from tests.waiting import await_until
 from tunnelkeeper.alerts import AlertPipeline, Condition
-from tunnelkeeper.config import AlertsConfig, SinkConfig
+from tunnelkeeper.config.model import AlertsConfig, SinkConfig
 from tunnelkeeper.metrics import Metrics
 
 

@@ -15,7 +15,7 @@ from tests.alerts.receiver import Receiver, Reply
 from tests.alerts.samples import fire_and_resolve, is_firing_post, many
 from tests.waiting import await_until, free_port
 from tunnelkeeper.alerts import Dispatcher
-from tunnelkeeper.config import SinkConfig
+from tunnelkeeper.config.model import SinkConfig
 from tunnelkeeper.metrics import Metrics
 
 Make = Callable[..., Any]

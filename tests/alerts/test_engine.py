@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from tunnelkeeper.alerts import ALERT_NAMES, AlertEngine, Condition
-from tunnelkeeper.config import AlertOverride, AlertsConfig
+from tunnelkeeper.config.model import AlertOverride, AlertsConfig
 
 T0 = datetime(2026, 1, 10, 9, 0, 0, tzinfo=UTC)
 NOEDGE = Condition("ReplicaNoEdgeConnections", {"tunnel": "portal", "slot": "1"})

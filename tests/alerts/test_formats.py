@@ -27,7 +27,7 @@ from tunnelkeeper.alerts.retry import (
 )
 from tunnelkeeper.alerts.signing import SigningKeyError, whsec_key
 from tunnelkeeper.alerts.sinks import SinkError, build_request, sink_problems
-from tunnelkeeper.config import SinkConfig
+from tunnelkeeper.config.model import SinkConfig
 
 
 def new_secret() -> str:

@@ -11,7 +11,7 @@ from tests.alerts.receiver import Receiver
 from tests.alerts.samples import is_firing_post
 from tests.waiting import await_until
 from tunnelkeeper.alerts import AlertPipeline, Condition
-from tunnelkeeper.config import AlertsConfig, SinkConfig
+from tunnelkeeper.config.model import AlertsConfig, SinkConfig
 from tunnelkeeper.metrics import Metrics
 
 T0 = datetime(2026, 1, 10, 9, 0, 0, tzinfo=UTC)

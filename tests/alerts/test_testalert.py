@@ -13,7 +13,7 @@ from tests.alerts.conftest import deliveries
 from tests.alerts.receiver import Receiver, Reply
 from tests.waiting import free_port
 from tunnelkeeper.alerts import send_test_alerts
-from tunnelkeeper.config import (
+from tunnelkeeper.config.model import (
     AlertsConfig,
     CloudflaredConfig,
     Config,

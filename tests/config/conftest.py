@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tunnelkeeper.configfile import ConfigError, ConfigProblem, parse_config
+from tunnelkeeper.config.load import ConfigError, ConfigProblem, parse_config
 
 MINIMAL = """\
 [[tunnel]]

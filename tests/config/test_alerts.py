@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tunnelkeeper.config import AlertOverride, AlertsConfig
-from tunnelkeeper.configfile import parse_config
+from tunnelkeeper.config.load import parse_config
+from tunnelkeeper.config.model import AlertOverride, AlertsConfig
 
 Messages = Callable[[str], dict[str, str]]
 

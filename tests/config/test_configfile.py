@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.config.conftest import ProblemsOf
-from tunnelkeeper.config import FileSourceConfig
-from tunnelkeeper.configfile import ConfigError, ConfigProblem, load_config, parse_config
+from tunnelkeeper.config.load import ConfigError, ConfigProblem, load_config, parse_config
+from tunnelkeeper.config.model import FileSourceConfig
 from tunnelkeeper.errors import TunnelkeeperError
 from tunnelkeeper.tunneltoken import TunnelToken
 

@@ -10,9 +10,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tunnelkeeper.config import Config
-from tunnelkeeper.configfile import ConfigError, build_config, parse_config
-from tunnelkeeper.configlines import key_lines
+from tunnelkeeper.config.lines import key_lines
+from tunnelkeeper.config.load import ConfigError, build_config, parse_config
+from tunnelkeeper.config.model import Config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
 PATH = Path("/etc/tunnelkeeper/config.toml")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.config.conftest import ProblemsOf
-from tunnelkeeper.configlines import find_line, format_key, key_lines
+from tunnelkeeper.config.lines import find_line, format_key, key_lines
 
 
 def lines_of(problems_of: ProblemsOf, text: str) -> dict[str, int | None]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tunnelkeeper.config import Config
-from tunnelkeeper.configfile import parse_config
+from tunnelkeeper.config.load import parse_config
+from tunnelkeeper.config.model import Config
 
 Messages = Callable[[str], dict[str, str]]
 

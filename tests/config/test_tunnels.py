@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tunnelkeeper.config import (
+from tunnelkeeper.config.load import parse_config
+from tunnelkeeper.config.model import (
     AwsSourceConfig,
     CommandSourceConfig,
     Config,
@@ -15,7 +16,6 @@ from tunnelkeeper.config import (
     SystemdCredentialSourceConfig,
     VaultSourceConfig,
 )
-from tunnelkeeper.configfile import parse_config
 
 Messages = Callable[[str], dict[str, str]]
 TOKEN = 'token = { source = "file", path = "/etc/tk/t.token" }'

@@ -14,8 +14,8 @@ import pytest
 
 from tests.harness import CLOUDFLARED_SIM, Sim, start_sim, stop_process
 from tests.waiting import free_port, wait_until
-from tunnelkeeper.cfapi import CloudflareAPI
-from tunnelkeeper.config import FileSourceConfig, FleetConfig, TunnelConfig
+from tunnelkeeper.cloudflare.api import CloudflareAPI
+from tunnelkeeper.config.model import FileSourceConfig, FleetConfig, TunnelConfig
 
 
 @dataclass

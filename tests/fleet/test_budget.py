@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from tests.fleet.conftest import FakeClock, fleet_config, tunnel_config
 from tests.harness import Sim
 from tests.waiting import await_until
-from tunnelkeeper.apibudget import WINDOW_SECONDS, RequestWindow, round_interval_seconds
-from tunnelkeeper.cfapi import CloudflareAPI
-from tunnelkeeper.fleet import FleetPoller
+from tunnelkeeper.cloudflare.api import CloudflareAPI
+from tunnelkeeper.cloudflare.budget import WINDOW_SECONDS, RequestWindow, round_interval_seconds
+from tunnelkeeper.cloudflare.fleet import FleetPoller
 from tunnelkeeper.metrics import Metrics
 
 # --- pure -------------------------------------------------------------------------------------

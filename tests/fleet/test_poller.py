@@ -13,9 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.fleet.conftest import Connector, FakeClock, fleet_config, tunnel_config
 from tests.harness import Sim
 from tests.waiting import await_until
-from tunnelkeeper.cfapi import CloudflareAPI
-from tunnelkeeper.config import FileSourceConfig, TunnelConfig
-from tunnelkeeper.fleet import FleetPoller
+from tunnelkeeper.cloudflare.api import CloudflareAPI
+from tunnelkeeper.cloudflare.fleet import FleetPoller
+from tunnelkeeper.config.model import FileSourceConfig, TunnelConfig
 from tunnelkeeper.metrics import Metrics
 
 

@@ -25,7 +25,7 @@ from tests.fuzz.strategies import (
     objects_with,
     tally,
 )
-from tunnelkeeper.cfapi import CloudflareAPI, CloudflareAPIError, Connector, RateLimited
+from tunnelkeeper.cloudflare.api import CloudflareAPI, CloudflareAPIError, Connector, RateLimited
 from tunnelkeeper.errors import InvalidTokenError
 from tunnelkeeper.tunneltoken import TunnelToken
 

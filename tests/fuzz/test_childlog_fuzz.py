@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.fuzz.strategies import FUZZ, corpus, deep_json, json_bytes, mutated, objects_with, tally
-from tunnelkeeper.childlog import LEVELS, MAX_FIELD_CHARS, ChildLine, parse_line
-from tunnelkeeper.logtail import MAX_LINE_BYTES, LogTail
+from tunnelkeeper.supervise.childlog import LEVELS, MAX_FIELD_CHARS, ChildLine, parse_line
+from tunnelkeeper.supervise.logtail import MAX_LINE_BYTES, LogTail
 
 OUR_FIELDS = {"conn_index", "error", "edge_ip", "location", "connection", "protocol", "tunnel_id"}
 MARKER = b" [line truncated]"

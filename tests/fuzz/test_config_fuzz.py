@@ -21,8 +21,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.fuzz.strategies import FUZZ, corpus, tally
-from tunnelkeeper.config import Config
-from tunnelkeeper.configfile import ConfigError, parse_config
+from tunnelkeeper.config.load import ConfigError, parse_config
+from tunnelkeeper.config.model import Config
 
 EXAMPLE = tomllib.loads((Path(__file__).resolve().parents[2] / "config.example.toml").read_text())
 PATH = Path("/etc/tunnelkeeper/config.toml")

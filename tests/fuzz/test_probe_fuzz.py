@@ -23,7 +23,13 @@ from tests.fuzz.strategies import (
     objects_with,
     tally,
 )
-from tunnelkeeper.probe import MAX_BODY_BYTES, Prober, ReadyResult, parse_build_version, parse_ready
+from tunnelkeeper.supervise.probe import (
+    MAX_BODY_BYTES,
+    Prober,
+    ReadyResult,
+    parse_build_version,
+    parse_ready,
+)
 
 statuses = st.sampled_from([200, 503]) | st.integers(0, 999)
 _ready_fields = {

@@ -29,7 +29,7 @@ from tests.fuzz.strategies import (
     objects_with,
     tally,
 )
-from tunnelkeeper.config import AwsSourceConfig, VaultSourceConfig
+from tunnelkeeper.config.model import AwsSourceConfig, VaultSourceConfig
 from tunnelkeeper.sources import TokenSource, TokenSourceError, TokenVersion
 from tunnelkeeper.sources.aws import AwsSecretsManagerSource
 from tunnelkeeper.sources.command import CommandSource

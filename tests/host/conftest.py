@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import CLOUDFLARED_SIM
-from tunnelkeeper.install import release_arch
+from tunnelkeeper.cloudflared.install import release_arch
 
 ARCH = release_arch()
 

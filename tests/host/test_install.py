@@ -10,14 +10,14 @@ import pytest
 
 from tests.harness import TUNNELKEEPER
 from tests.host.conftest import ARCH, ReleaseServer, artefact, sha256, write_config
-from tunnelkeeper.configfile import load_config
-from tunnelkeeper.install import (
+from tunnelkeeper.cloudflared.install import (
     InstallError,
     InstallResult,
     install_cloudflared,
     release_arch,
     versioned_binary,
 )
+from tunnelkeeper.config.load import load_config
 
 
 def install(cfg: Path, version: str | None = None) -> InstallResult:

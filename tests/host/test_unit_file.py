@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.harness import TUNNELKEEPER
-from tunnelkeeper.config import DaemonConfig, TunnelConfig
-from tunnelkeeper.replica import EXTRA_KILL_WAIT_SECONDS
+from tunnelkeeper.config.model import DaemonConfig, TunnelConfig
+from tunnelkeeper.supervise.replica import EXTRA_KILL_WAIT_SECONDS
 
 SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
 UNIT = SYSTEMD_DIR / "tunnelkeeper.service"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunnelkeeper.versions import (
+from tunnelkeeper.cloudflared.versions import (
     CloudflaredVersion,
     VersionError,
     is_outdated,

@@ -29,9 +29,9 @@ from tests.rotation.conftest import (
     write_atomically,
 )
 from tests.waiting import await_until, wait_until
-from tunnelkeeper.configfile import load_config
-from tunnelkeeper.refresh import refresh_tunnel_secret, scheduled_refresh
-from tunnelkeeper.schedule import STATE_FILE, RefreshScheduler
+from tunnelkeeper.cloudflare.refresh import refresh_tunnel_secret, scheduled_refresh
+from tunnelkeeper.cloudflare.schedule import STATE_FILE, RefreshScheduler
+from tunnelkeeper.config.load import load_config
 
 pytestmark = pytest.mark.system
 RunDaemon = Callable[..., Daemon]

@@ -12,20 +12,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tests.waiting import await_until
-from tunnelkeeper.config import (
+from tunnelkeeper.cloudflare.schedule import (
+    STATE_FILE,
+    RefreshScheduler,
+    is_catch_up_due,
+    next_fire_time,
+    retry_delay_seconds,
+)
+from tunnelkeeper.config.model import (
     CloudflaredConfig,
     Config,
     DaemonConfig,
     FileSourceConfig,
     FleetConfig,
     TunnelConfig,
-)
-from tunnelkeeper.schedule import (
-    STATE_FILE,
-    RefreshScheduler,
-    is_catch_up_due,
-    next_fire_time,
-    retry_delay_seconds,
 )
 
 BERLIN = "Europe/Berlin"

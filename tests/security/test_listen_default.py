@@ -19,8 +19,8 @@ import pytest
 
 from tests.harness import CLOUDFLARED_SIM, TUNNELKEEPER, stop_process
 from tests.waiting import wait_until
-from tunnelkeeper.config import DaemonConfig
-from tunnelkeeper.configfile import parse_config
+from tunnelkeeper.config.load import parse_config
+from tunnelkeeper.config.model import DaemonConfig
 from tunnelkeeper.tunneltoken import TunnelToken
 
 pytestmark = pytest.mark.system

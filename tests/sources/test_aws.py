@@ -13,7 +13,7 @@ import pytest
 
 from tests.sources.conftest import assert_safe, new_token
 from tests.waiting import free_port
-from tunnelkeeper.config import AwsSourceConfig
+from tunnelkeeper.config.model import AwsSourceConfig
 from tunnelkeeper.sources import (
     New,
     Refused,
@@ -145,7 +145,7 @@ def test_missing_boto3_says_what_to_install() -> None:
     code = (
         "import asyncio, sys\n"
         "sys.modules['boto3'] = None  # as if tunnelkeeper[aws] were not installed\n"
-        "from tunnelkeeper.config import AwsSourceConfig\n"
+        "from tunnelkeeper.config.model import AwsSourceConfig\n"
         "from tunnelkeeper.sources import TokenSourceError, open_source\n"
         "src = open_source(AwsSourceConfig(secret_id='tk/x', region='us-east-1'))\n"
         "try:\n"

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from tests.sources.conftest import assert_safe, new_token
 from tests.waiting import wait_until
-from tunnelkeeper.config import CommandSourceConfig
+from tunnelkeeper.config.model import CommandSourceConfig
 from tunnelkeeper.sources import (
     MalformedTokenError,
     New,

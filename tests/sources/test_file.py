@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.sources.conftest import assert_safe, new_token
-from tunnelkeeper.config import FileSourceConfig
+from tunnelkeeper.config.model import FileSourceConfig
 from tunnelkeeper.sources import (
     Failed,
     MalformedTokenError,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.sources.conftest import assert_safe, new_token
-from tunnelkeeper.config import EnvSourceConfig, SystemdCredentialSourceConfig
+from tunnelkeeper.config.model import EnvSourceConfig, SystemdCredentialSourceConfig
 from tunnelkeeper.sources import (
     MalformedTokenError,
     New,

@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 
 from tests.sources.conftest import AppRole, Bao, assert_safe, new_token
 from tests.waiting import free_port
-from tunnelkeeper.config import VaultSourceConfig
+from tunnelkeeper.config.model import VaultSourceConfig
 from tunnelkeeper.sources import (
     Failed,
     MalformedTokenError,

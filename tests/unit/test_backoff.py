@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import random
 
-from tunnelkeeper.backoff import backoff_seconds
+from tunnelkeeper.supervise.backoff import backoff_seconds
 
 
 def test_first_restart_is_immediate_then_doubles_to_the_cap() -> None:

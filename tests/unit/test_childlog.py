@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunnelkeeper.childlog import FloodGate, RecentErrors, flood_key, parse_line
+from tunnelkeeper.supervise.childlog import FloodGate, RecentErrors, flood_key, parse_line
 
 
 def test_json_line_keeps_level_message_and_known_fields() -> None:

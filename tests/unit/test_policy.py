@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tunnelkeeper.policy import (
+from tunnelkeeper.supervise.policy import (
     Abandon,
     Drain,
     Observed,

@@ -5,7 +5,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunnelkeeper.probe import parse_build_version, parse_ready
+from tunnelkeeper.supervise.probe import parse_build_version, parse_ready
 
 
 def test_ready_200_and_503() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from tunnelkeeper.upgrade import outdated
+from tunnelkeeper.cloudflared.upgrade import outdated
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 

@@ -4,7 +4,7 @@ The daemon needs only :class:`AlertPipeline` and :class:`Condition`; the rest is
 tests, ``status`` and ``test-alert``.
 """
 
-from tunnelkeeper.alerts.catalog import ALERT_NAMES, CATALOG, AlertSpec
+from tunnelkeeper.alertcatalog import ALERT_NAMES, CATALOG, AlertSpec
 from tunnelkeeper.alerts.delivery import Dispatcher
 from tunnelkeeper.alerts.engine import AlertEngine
 from tunnelkeeper.alerts.notification import Alert, Condition, Notification

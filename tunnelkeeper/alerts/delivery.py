@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import structlog
 
-from tunnelkeeper.alerts.catalog import SEVERITY_RANK
+from tunnelkeeper.alertcatalog import SEVERITY_RANK
 from tunnelkeeper.alerts.notification import Notification
 from tunnelkeeper.alerts.outbox import Outbox, OutboxError, OutboxRow
 from tunnelkeeper.alerts.resend import RESEND_INTERVAL_SECONDS, RESOLVED_WINDOW_SECONDS, ResendBook
@@ -32,7 +32,7 @@ from tunnelkeeper.alerts.retry import (
     retry_after_seconds,
 )
 from tunnelkeeper.alerts.sinks import SinkError, build_request, describe_exception, secrets_of
-from tunnelkeeper.config import SinkConfig
+from tunnelkeeper.config.model import SinkConfig
 from tunnelkeeper.metrics import Metrics
 
 log = structlog.get_logger("tunnelkeeper.alerts")

@@ -20,9 +20,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from tunnelkeeper.alerts.catalog import AlertSpec, render, spec_for
+from tunnelkeeper.alertcatalog import AlertSpec, render, spec_for
 from tunnelkeeper.alerts.notification import FIRING, RESOLVED, Alert, Condition, Notification
-from tunnelkeeper.config import AlertsConfig
+from tunnelkeeper.config.model import AlertsConfig
 
 SNAPSHOT_VERSION = 1
 

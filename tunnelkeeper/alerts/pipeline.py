@@ -20,12 +20,12 @@ from typing import Any
 
 import structlog
 
-from tunnelkeeper.alerts.catalog import ALERT_NAMES
+from tunnelkeeper.alertcatalog import ALERT_NAMES
 from tunnelkeeper.alerts.delivery import Clock, Dispatcher
 from tunnelkeeper.alerts.engine import AlertEngine
 from tunnelkeeper.alerts.notification import Alert, Condition, Notification, rfc3339
 from tunnelkeeper.alerts.outbox import Outbox, OutboxError
-from tunnelkeeper.config import AlertsConfig
+from tunnelkeeper.config.model import AlertsConfig
 from tunnelkeeper.metrics import Metrics
 
 log = structlog.get_logger("tunnelkeeper.alerts")

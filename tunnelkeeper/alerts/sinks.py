@@ -18,7 +18,7 @@ from tunnelkeeper import __version__
 from tunnelkeeper.alerts import formats
 from tunnelkeeper.alerts.notification import Notification
 from tunnelkeeper.alerts.signing import signature_headers, whsec_key
-from tunnelkeeper.config import SinkConfig
+from tunnelkeeper.config.model import SinkConfig
 from tunnelkeeper.errors import TunnelkeeperError
 from tunnelkeeper.logconfig import SECRETS
 

@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 
 import httpx
 
-from tunnelkeeper.alerts.catalog import TEST_ALERT, render
+from tunnelkeeper.alertcatalog import TEST_ALERT, render
 from tunnelkeeper.alerts.delivery import post
 from tunnelkeeper.alerts.notification import FIRING, RESOLVED, Alert, Notification
 from tunnelkeeper.alerts.retry import Outcome
-from tunnelkeeper.config import Config, SinkConfig
+from tunnelkeeper.config.model import Config, SinkConfig
 from tunnelkeeper.metrics import Metrics
 
 
@@ -77,7 +77,7 @@ async def send_test_alerts(
 
 
 def test_alert_command(config_path: str) -> int:
-    from tunnelkeeper.configfile import ConfigError, load_config
+    from tunnelkeeper.config.load import ConfigError, load_config
 
     try:
         config = load_config(config_path)

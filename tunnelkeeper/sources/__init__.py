@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from tunnelkeeper.config import (
+from tunnelkeeper.config.model import (
     AwsSourceConfig,
     CommandSourceConfig,
     EnvSourceConfig,

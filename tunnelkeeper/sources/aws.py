@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from tunnelkeeper.config import AwsSourceConfig
+from tunnelkeeper.config.model import AwsSourceConfig
 from tunnelkeeper.sources.base import (
     MalformedTokenError,
     TokenSource,

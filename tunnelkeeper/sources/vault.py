@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import structlog
 
-from tunnelkeeper.config import VaultSourceConfig
+from tunnelkeeper.config.model import VaultSourceConfig
 from tunnelkeeper.sources.base import (
     MalformedTokenError,
     TokenSource,

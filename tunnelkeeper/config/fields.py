@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from tunnelkeeper.configlines import Key
-from tunnelkeeper.configwording import describe, range_text, suggestion
+from tunnelkeeper.config.lines import Key
+from tunnelkeeper.config.wording import describe, range_text, suggestion
 
 
 class Problems:

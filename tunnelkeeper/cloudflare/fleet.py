@@ -28,9 +28,9 @@ from typing import Any, Protocol
 import structlog
 
 from tunnelkeeper.alerts.notification import Condition
-from tunnelkeeper.apibudget import RequestWindow, round_interval_seconds
-from tunnelkeeper.cfapi import CloudflareAPI, CloudflareAPIError, Connector, RateLimited
-from tunnelkeeper.config import FleetConfig, TunnelConfig
+from tunnelkeeper.cloudflare.api import CloudflareAPI, CloudflareAPIError, Connector, RateLimited
+from tunnelkeeper.cloudflare.budget import RequestWindow, round_interval_seconds
+from tunnelkeeper.config.model import FleetConfig, TunnelConfig
 from tunnelkeeper.metrics import Metrics
 
 log = structlog.get_logger("tunnelkeeper.fleet")

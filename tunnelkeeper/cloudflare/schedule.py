@@ -30,7 +30,7 @@ import structlog
 from apscheduler.triggers.cron import CronTrigger
 
 from tunnelkeeper.atomicfile import write_private_file
-from tunnelkeeper.config import Config, TunnelConfig
+from tunnelkeeper.config.model import Config, TunnelConfig
 
 log = structlog.get_logger("tunnelkeeper.schedule")
 

@@ -1,6 +1,6 @@
 """The validated configuration, as immutable values.
 
-Loading and validating the TOML file lives in :mod:`tunnelkeeper.configfile`; everything else
+Loading and validating the TOML file lives in :mod:`tunnelkeeper.config.load`; everything else
 in the daemon only ever sees these types. Durations are float seconds.
 """
 

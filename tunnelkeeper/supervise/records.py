@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from tunnelkeeper.policy import Observed, Role
-from tunnelkeeper.replica import ReplicaId, ReplicaProcess
+from tunnelkeeper.supervise.policy import Observed, Role
+from tunnelkeeper.supervise.replica import ReplicaId, ReplicaProcess
 
 
 def spec_id(token_fingerprint: str, epoch: int, binary: Path, args: tuple[str, ...]) -> str:

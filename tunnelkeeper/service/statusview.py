@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunnelkeeper.supervisor import TunnelSupervisor
+from tunnelkeeper.supervise.supervisor import TunnelSupervisor
 
 
 def tunnel_status(sup: TunnelSupervisor, now: float) -> dict[str, Any]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from tunnelkeeper.alerts import Condition
-from tunnelkeeper.policy import Phase, Role
-from tunnelkeeper.records import Replica
-from tunnelkeeper.supervisor import TunnelSupervisor
+from tunnelkeeper.supervise.policy import Phase, Role
+from tunnelkeeper.supervise.records import Replica
+from tunnelkeeper.supervise.supervisor import TunnelSupervisor
 
 
 def tunnel_conditions(

@@ -1,4 +1,5 @@
-"""Loading the TOML config file into :class:`tunnelkeeper.config.Config`, or every problem with it.
+"""Loading the TOML config file into :class:`~tunnelkeeper.config.model.Config`, or every
+problem with it.
 
 ``load_config(path)`` reads and validates; ``parse_config(text, path)`` does the same from text.
 Validation never stops at the first problem: all of them are collected, each naming the key as a
@@ -14,12 +15,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from tunnelkeeper.config import Config
-from tunnelkeeper.configalerts import read_alerts
-from tunnelkeeper.configfields import Problems, Section
-from tunnelkeeper.configlines import Key, find_line, format_key, key_lines
-from tunnelkeeper.configsections import read_cloudflared, read_daemon, read_fleet
-from tunnelkeeper.configtunnels import read_tunnels
+from tunnelkeeper.config.alerts import read_alerts
+from tunnelkeeper.config.fields import Problems, Section
+from tunnelkeeper.config.lines import Key, find_line, format_key, key_lines
+from tunnelkeeper.config.model import Config
+from tunnelkeeper.config.sections import read_cloudflared, read_daemon, read_fleet
+from tunnelkeeper.config.tunnels import read_tunnels
 from tunnelkeeper.errors import TunnelkeeperError
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024

@@ -21,11 +21,17 @@ import psutil
 import structlog
 
 from tunnelkeeper.errors import InvalidTokenError
-from tunnelkeeper.ledger import LedgerEntry, find_process, read_ledger, remove_files, stop_process
-from tunnelkeeper.policy import Role
-from tunnelkeeper.records import Replica
-from tunnelkeeper.replica import ReplicaId, ReplicaProcess, SpawnSpec
-from tunnelkeeper.supervisor import TunnelSupervisor
+from tunnelkeeper.supervise.ledger import (
+    LedgerEntry,
+    find_process,
+    read_ledger,
+    remove_files,
+    stop_process,
+)
+from tunnelkeeper.supervise.policy import Role
+from tunnelkeeper.supervise.records import Replica
+from tunnelkeeper.supervise.replica import ReplicaId, ReplicaProcess, SpawnSpec
+from tunnelkeeper.supervise.supervisor import TunnelSupervisor
 from tunnelkeeper.tunneltoken import TunnelToken
 
 log = structlog.get_logger("tunnelkeeper.adoption")
@@ -38,11 +44,16 @@ def adopt_one(sup: TunnelSupervisor, entry: LedgerEntry, create_time: float) -> 
         return False
     role = Role(entry.role) if entry.role in Role._value2member_map_ else Role.PRIMARY
     rid = ReplicaId(sup.cfg.name, entry.slot, entry.generation)
+    # What it was launched with, as recorded: a spec that differs from the config's is rolled.
     spec = SpawnSpec(
         binary=Path(entry.binary),
-        extra_args=sup.cloudflared.args,
-        label=f"{sup.daemon.host}-{sup.cfg.name}-{entry.slot}",
-        grace_period_seconds=sup.cfg.grace_period_seconds,
+        extra_args=sup.cloudflared.args if entry.extra_args is None else entry.extra_args,
+        label=entry.label or f"{sup.daemon.host}-{sup.cfg.name}-{entry.slot}",
+        grace_period_seconds=(
+            sup.cfg.grace_period_seconds
+            if entry.grace_period_seconds is None
+            else entry.grace_period_seconds
+        ),
         metrics_port=entry.metrics_port,
         runtime_dir=sup.daemon.runtime_dir,
     )

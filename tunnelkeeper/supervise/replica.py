@@ -22,8 +22,8 @@ import psutil
 import structlog
 
 from tunnelkeeper.atomicfile import write_private_file
-from tunnelkeeper.childlog import FloodGate, RecentErrors, flood_key, parse_line
-from tunnelkeeper.logtail import LogTail, open_for_child
+from tunnelkeeper.supervise.childlog import FloodGate, RecentErrors, flood_key, parse_line
+from tunnelkeeper.supervise.logtail import LogTail, open_for_child
 from tunnelkeeper.tunneltoken import TunnelToken
 
 # Variables a child may inherit. Everything else (TUNNEL_*, NOTIFY_SOCKET, secrets) is dropped.

@@ -7,7 +7,8 @@ import uuid
 import zoneinfo
 from pathlib import Path
 
-from tunnelkeeper.config import (
+from tunnelkeeper.config.fields import Section
+from tunnelkeeper.config.model import (
     AwsSourceConfig,
     CommandSourceConfig,
     EnvSourceConfig,
@@ -17,9 +18,8 @@ from tunnelkeeper.config import (
     TunnelConfig,
     VaultSourceConfig,
 )
-from tunnelkeeper.configfields import Section
-from tunnelkeeper.configsections import BARE_PROGRAM
-from tunnelkeeper.configwording import describe, printable, suggestion
+from tunnelkeeper.config.sections import BARE_PROGRAM
+from tunnelkeeper.config.wording import describe, printable, suggestion
 
 TUNNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

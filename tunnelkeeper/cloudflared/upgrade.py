@@ -19,10 +19,10 @@ from pathlib import Path
 import structlog
 
 from tunnelkeeper.alerts import Condition
-from tunnelkeeper.config import CloudflaredConfig
-from tunnelkeeper.install import InstallError, install_cloudflared
-from tunnelkeeper.supervisor import TunnelSupervisor
-from tunnelkeeper.versions import CloudflaredVersion, VersionError, is_outdated
+from tunnelkeeper.cloudflared.install import InstallError, install_cloudflared
+from tunnelkeeper.cloudflared.versions import CloudflaredVersion, VersionError, is_outdated
+from tunnelkeeper.config.model import CloudflaredConfig
+from tunnelkeeper.supervise.supervisor import TunnelSupervisor
 
 log = structlog.get_logger("tunnelkeeper.upgrade")
 

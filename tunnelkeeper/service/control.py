@@ -8,11 +8,11 @@ from typing import Any
 
 import httpx
 
-from tunnelkeeper.config import Config
+from tunnelkeeper.config.model import Config
 
 
 def _load(config_path: str) -> Config | None:
-    from tunnelkeeper.configfile import ConfigError, load_config
+    from tunnelkeeper.config.load import ConfigError, load_config
 
     try:
         return load_config(config_path)
@@ -33,7 +33,7 @@ def _public_url(config: Config) -> str:
 
 
 def status_command(config_path: str, *, as_json: bool) -> int:
-    from tunnelkeeper.statusview import render
+    from tunnelkeeper.service.statusview import render
 
     config = _load(config_path)
     if config is None:

@@ -8,8 +8,8 @@ import socket
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from tunnelkeeper.config import CloudflaredConfig, DaemonConfig, FleetConfig, InstallConfig
-from tunnelkeeper.configfields import Section, url_problem
+from tunnelkeeper.config.fields import Section, url_problem
+from tunnelkeeper.config.model import CloudflaredConfig, DaemonConfig, FleetConfig, InstallConfig
 
 LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")

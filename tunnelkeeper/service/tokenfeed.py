@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from tunnelkeeper.config import TunnelConfig
+from tunnelkeeper.config.model import TunnelConfig
 from tunnelkeeper.logconfig import SECRETS
 from tunnelkeeper.metrics import Metrics
 from tunnelkeeper.sources import (
@@ -28,7 +28,7 @@ from tunnelkeeper.sources import (
     WatchEvent,
     open_source,
 )
-from tunnelkeeper.supervisor import TunnelSupervisor
+from tunnelkeeper.supervise.supervisor import TunnelSupervisor
 
 log = structlog.get_logger("tunnelkeeper.tokens")
 ROLL_POLL_SECONDS = 0.2

@@ -11,21 +11,21 @@ adoption, costs no capacity either).
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
-from tunnelkeeper.config import Config
-from tunnelkeeper.tokens import TokenFeed
-
-if TYPE_CHECKING:
-    from tunnelkeeper.daemon import Daemon
+from tunnelkeeper.cloudflared.upgrade import Upgrader
+from tunnelkeeper.config.model import Config
+from tunnelkeeper.service.tunnelset import TunnelSet
 
 log = structlog.get_logger("tunnelkeeper.reload")
 
 
-async def reconfigure(daemon: Daemon, new: Config) -> dict[str, Any]:
-    old = daemon.config
+async def reconfigure(
+    tunnels: TunnelSet, upgrader: Upgrader, old: Config, new: Config
+) -> tuple[Config, dict[str, Any]]:
+    """Apply ``new`` over ``old``; returns the config now in force and what changed."""
     restart_for = [k for k in ("daemon", "alerts", "fleet") if getattr(old, k) != getattr(new, k)]
     if restart_for:
         log.warning(
@@ -34,36 +34,29 @@ async def reconfigure(daemon: Daemon, new: Config) -> dict[str, Any]:
             note="kept as running; `systemctl restart tunnelkeeper` hands replicas over",
         )
         new = dataclasses.replace(new, daemon=old.daemon, alerts=old.alerts, fleet=old.fleet)
-    daemon.config = new
+    tunnels.cloudflared = new.cloudflared
     added, removed, changed = [], [], []
     for t in old.tunnels:
         if new.tunnel(t.name) is None:
             removed.append(t.name)
-            sup = daemon.sups.pop(t.name)
-            await daemon.feeds.pop(t.name).aclose()
-            sup.reconfigure(dataclasses.replace(t, replicas=0), new.cloudflared)
-            daemon.retiring.append(sup)
+            await tunnels.remove(t)
     for t in new.tunnels:
         before = old.tunnel(t.name)
         if before is None:
             added.append(t.name)
-            sup = daemon.add_tunnel(t)
-            daemon.upgrader.adopt_supervisor(sup)
-            await daemon.feeds[t.name].start()
+            upgrader.adopt_supervisor(tunnels.add(t))
+            await tunnels.feeds[t.name].start()
             continue
-        sup = daemon.sups[t.name]
         if before != t or old.cloudflared != new.cloudflared:
-            sup.reconfigure(t, new.cloudflared)
+            tunnels.sups[t.name].reconfigure(t, new.cloudflared)
         if before != t:
             changed.append(t.name)
         if before.token != t.token or before.id != t.id:
-            await daemon.feeds[t.name].aclose()
-            feed = daemon.feeds[t.name] = TokenFeed(t, sup, daemon.metrics, clock=daemon.clock)
-            await feed.start()
+            await tunnels.renew_feed(t)
     if old.cloudflared != new.cloudflared:
-        await daemon.upgrader.prepare(new.cloudflared)
-    daemon.wake.set()
-    return {
+        await upgrader.prepare(new.cloudflared)
+    tunnels.wake.set()
+    return new, {
         "added": added,
         "removed": removed,
         "changed": changed,

@@ -38,10 +38,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunnelkeeper.config import CloudflaredConfig
-from tunnelkeeper.download import DownloadError, fetch_verified, file_digest, shown_url
+from tunnelkeeper.cloudflared.download import DownloadError, fetch_verified, file_digest, shown_url
+from tunnelkeeper.cloudflared.versions import CloudflaredVersion, VersionError, parse_version_output
+from tunnelkeeper.config.model import CloudflaredConfig
 from tunnelkeeper.errors import TunnelkeeperError
-from tunnelkeeper.versions import CloudflaredVersion, VersionError, parse_version_output
 
 VERSION_CHECK_TIMEOUT_SECONDS = 15.0
 ARCHES = {
@@ -263,7 +263,7 @@ def _locked(lock_path: Path, *, owner: Path) -> contextlib.AbstractContextManage
 
 
 def install_command(config_path: str, version: str | None) -> int:
-    from tunnelkeeper.configfile import ConfigError, load_config
+    from tunnelkeeper.config.load import ConfigError, load_config
 
     try:
         config = load_config(config_path)

@@ -6,10 +6,10 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from tunnelkeeper.alerts.catalog import ALERT_NAMES
-from tunnelkeeper.config import SEVERITIES, AlertOverride, AlertsConfig, SinkConfig
-from tunnelkeeper.configfields import Section
-from tunnelkeeper.configwording import describe, suggestion
+from tunnelkeeper.alertcatalog import ALERT_NAMES
+from tunnelkeeper.config.fields import Section
+from tunnelkeeper.config.model import SEVERITIES, AlertOverride, AlertsConfig, SinkConfig
+from tunnelkeeper.config.wording import describe, suggestion
 
 SINK_KINDS = ("webhook", "slack", "pagerduty", "alertmanager")
 PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"

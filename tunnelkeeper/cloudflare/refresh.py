@@ -20,8 +20,8 @@ from typing import TypeVar
 
 import structlog
 
-from tunnelkeeper.cfapi import CloudflareAPI, CloudflareAPIError, Connector
-from tunnelkeeper.config import Config, FleetConfig, TunnelConfig
+from tunnelkeeper.cloudflare.api import CloudflareAPI, CloudflareAPIError, Connector
+from tunnelkeeper.config.model import Config, FleetConfig, TunnelConfig
 from tunnelkeeper.errors import TunnelkeeperError
 from tunnelkeeper.logconfig import SECRETS
 from tunnelkeeper.sources import MalformedTokenError, TokenSource, TokenSourceError, open_source
@@ -287,7 +287,7 @@ def render(result: RefreshResult, *, cleanup: bool) -> str:
 
 
 def refresh_secret_command(config_path: str, tunnel: str, *, cleanup: bool) -> int:
-    from tunnelkeeper.configfile import ConfigError, load_config
+    from tunnelkeeper.config.load import ConfigError, load_config
     from tunnelkeeper.logconfig import configure
 
     try:

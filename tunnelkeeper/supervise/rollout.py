@@ -12,10 +12,10 @@ from pathlib import Path
 
 import structlog
 
-from tunnelkeeper.config import CloudflaredConfig, TunnelConfig
+from tunnelkeeper.config.model import CloudflaredConfig, TunnelConfig
 from tunnelkeeper.metrics import Metrics
-from tunnelkeeper.policy import Role
-from tunnelkeeper.records import Replica, SlotState, spec_id
+from tunnelkeeper.supervise.policy import Role
+from tunnelkeeper.supervise.records import Replica, SlotState, spec_id
 from tunnelkeeper.tunneltoken import TunnelToken
 
 

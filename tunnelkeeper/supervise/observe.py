@@ -1,0 +1,197 @@
+"""The observing half of a tunnel's supervisor: what each replica's probe, exit and resource
+usage say, turned into the replica records the policy decides on, and into metrics.
+
+A mixin of :class:`~tunnelkeeper.supervise.supervisor.TunnelSupervisor` (which acts); both work
+on the supervisor's own state, from the daemon's single loop and the per-replica probe tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import psutil
+import structlog
+
+from tunnelkeeper.config.model import DaemonConfig, TunnelConfig
+from tunnelkeeper.metrics import Metrics
+from tunnelkeeper.supervise import policy
+from tunnelkeeper.supervise.backoff import backoff_seconds
+from tunnelkeeper.supervise.policy import Phase, Role
+from tunnelkeeper.supervise.ports import PortAllocator
+from tunnelkeeper.supervise.probe import Prober
+from tunnelkeeper.supervise.records import Replica, SlotState
+from tunnelkeeper.supervise.replica import ReplicaProcess
+from tunnelkeeper.tunneltoken import TunnelToken
+
+STARTING_PROBE_SECONDS = 0.1
+EXIT_BACKOFF_CAP_SECONDS = 30.0
+# A replica ready this long before it exits is not part of a crash loop.
+STABLE_SECONDS = 5.0
+
+
+class Observation:
+    cfg: TunnelConfig
+    daemon: DaemonConfig
+    ports: PortAllocator
+    prober: Prober
+    metrics: Metrics
+    wake: asyncio.Event
+    clock: Callable[[], float]
+    timing: policy.Timing
+    replicas: dict[str, Replica]
+    slots: list[SlotState]
+    proven: TunnelToken | None
+    _log: structlog.typing.FilteringBoundLogger
+
+    if TYPE_CHECKING:  # provided by TunnelSupervisor and Rollout
+
+        def _rotation_failed(self, r: Replica) -> None: ...
+        def target_token(self) -> TunnelToken | None: ...
+
+    async def _probe_loop(self, r: Replica) -> None:
+        last_version_at = -1e9
+        while r.proc.running:
+            asked_at = self.clock()
+            result = await self.prober.ready(r.proc.spec.metrics_port)
+            now = self.clock()
+            self.metrics.probe_duration.observe(now - asked_at)
+            before = r.observed()
+            if result.answered:
+                r.silent_since = None
+                r.connector_id = result.connector_id or r.connector_id
+                r.ready_connections = result.ready_connections
+                if result.ready_connections > 0:
+                    if r.ready_at is None:
+                        r.ready_at = now
+                        self._log.info(
+                            "replica_ready",
+                            slot=r.rid.slot,
+                            generation=r.rid.generation,
+                            startup_seconds=round(now - r.started_at, 3),
+                        )
+                    r.zero_since = None
+                    if r.role is not Role.DRAINING:
+                        self.proven = r.proc.token
+                elif r.zero_since is None and r.ready_at is not None:
+                    r.zero_since = now
+            elif r.silent_since is None:
+                r.silent_since = now
+            if before != r.observed() or result.ready_connections == 0:
+                self.wake.set()
+            if result.answered and now - last_version_at >= self.daemon.metrics_interval_seconds:
+                last_version_at = now
+                r.version = await self.prober.version(r.proc.spec.metrics_port) or r.version
+                self._export_usage(r)
+            interval = (
+                STARTING_PROBE_SECONDS if r.ready_at is None else self.daemon.probe_interval_seconds
+            )
+            # A plain sleep: exits are reported by the pidfd at once, and a timer per replica per
+            # second is the cheapest wait (this loop runs for every replica, all the time).
+            await asyncio.sleep(interval)
+
+    def on_exit(self, proc: ReplicaProcess) -> None:
+        r = self.replicas.get(str(proc.rid))
+        if r is not None:
+            self._forget(r, exited=r.role is not Role.DRAINING, returncode=proc.returncode)
+
+    def _forget(self, r: Replica, *, exited: bool, returncode: int | None) -> None:
+        now = self.clock()
+        self.replicas.pop(r.key, None)
+        self.ports.release(r.proc.spec.metrics_port)
+        self.prober.forget(r.proc.spec.metrics_port)
+        slot_no = r.rid.slot
+        if r.proc.bind_failed:
+            self._log.warning(
+                "metrics_port_taken",
+                port=r.proc.spec.metrics_port,
+                action="restarting on another port",
+            )
+        if slot_no < len(self.slots) and exited:
+            slot = self.slots[slot_no]
+            slot.last_exit = {
+                "returncode": returncode,
+                "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "errors": list(r.proc.recent_errors.lines),
+                "generation": r.rid.generation,
+            }
+            if r.ready_at is not None and now - r.ready_at >= STABLE_SECONDS:
+                slot.exits.clear()  # it had been serving fine: a fresh failure, no backoff
+            slot.exits.append(now)
+            while slot.exits and now - slot.exits[0] > self.daemon.crash_loop_window_seconds:
+                slot.exits.popleft()
+            slot.backoff_until = now + backoff_seconds(
+                len(slot.exits), cap_seconds=EXIT_BACKOFF_CAP_SECONDS
+            )
+            if r.role is Role.PRIMARY:
+                slot.empty_reason = "exited"
+            elif r.reason in ("rotation", "upgrade"):
+                self._rotation_failed(r)
+        self.wake.set()
+
+    def crash_looping(self, slot: int) -> bool:
+        """Too many exits within the window, and no replica in the slot serving steadily since
+        (a recovered slot stops being "crash looping" without waiting for another exit)."""
+        now = self.clock()
+        state = self.slots[slot]
+        window = self.daemon.crash_loop_window_seconds
+        if sum(1 for t in state.exits if now - t <= window) < self.daemon.crash_loop_restarts:
+            return False
+        p = self.primary(slot)
+        return not (p is not None and p.ready_at is not None and now - p.ready_at >= STABLE_SECONDS)
+
+    def _export(self, now: float) -> None:
+        m, name = self.metrics, self.cfg.name
+        ready = 0
+        for slot in range(len(self.slots)):
+            r = self.primary(slot)
+            up = r is not None and r.proc.running
+            conns = r.ready_connections if r is not None else 0
+            ready += 1 if up and conns > 0 else 0
+            m.replica_up.labels(name, str(slot)).set(1 if up else 0)
+            m.replica_ready_connections.labels(name, str(slot)).set(conns)
+            m.replica_crash_looping.labels(name, str(slot)).set(
+                1 if self.crash_looping(slot) else 0
+            )
+            phase = self.phase(r, now) if r is not None else Phase.EXITED
+            for p in Phase:
+                m.replica_state.labels(name, str(slot), p.value).set(1 if p is phase else 0)
+        m.tunnel_ready_replicas.labels(name).set(ready)
+        m.tunnel_token_valid.labels(name).set(1 if self.target_token() else 0)
+
+    def _export_usage(self, r: Replica) -> None:
+        """CPU and memory of a primary replica's process (psutil), every metrics interval."""
+        if r.role is not Role.PRIMARY or r.proc.pid is None:
+            return
+        try:
+            p = psutil.Process(r.proc.pid)
+            with p.oneshot():
+                cpu = p.cpu_times()
+                rss = p.memory_info().rss
+        except psutil.Error:
+            return
+        labels = (self.cfg.name, str(r.rid.slot))
+        self.metrics.replica_cpu_seconds.labels(*labels).set(cpu.user + cpu.system)
+        self.metrics.replica_rss_bytes.labels(*labels).set(rss)
+
+    def ready_count(self) -> int:
+        """Slots whose primary has at least one edge connection."""
+        return sum(
+            1
+            for r in self.replicas.values()
+            if r.role is Role.PRIMARY
+            and r.rid.slot < len(self.slots)
+            and r.proc.running
+            and r.ready_connections > 0
+        )
+
+    def primary(self, slot: int) -> Replica | None:
+        return next(
+            (r for r in self.replicas.values() if r.rid.slot == slot and r.role is Role.PRIMARY),
+            None,
+        )
+
+    def phase(self, r: Replica, now: float) -> Phase:
+        return policy.phase_of(r.observed(), self.timing, now)
