@@ -18,6 +18,10 @@ from prometheus_client import (
 RESTART_REASONS = ("exited", "no_connections", "unresponsive", "rotation", "upgrade")
 
 
+# the long-lived tasks that are supervised (restarted when they fail), by their metric label
+TASKS = ("loop", "converge", "probe", "alert_worker", "token_feed", "fleet")
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
@@ -139,6 +143,15 @@ class Metrics:
             "How late the last supervision tick ran compared to its schedule.",
             registry=r,
         )
+        self.task_restarts = Counter(
+            "tunnelkeeper_task_restarts",
+            "Long-lived tasks that failed and were restarted (a bug or an exhausted resource; "
+            "the daemon's log says which).",
+            ["task"],
+            registry=r,
+        )
+        for task in TASKS:
+            self.task_restarts.labels(task)
         self.child_log_suppressed = Counter(
             "tunnelkeeper_child_log_lines_suppressed",
             "cloudflared log lines summarised instead of re-emitted (flood control).",

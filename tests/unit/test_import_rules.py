@@ -16,7 +16,16 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "tunnelkeeper"
 
-FOUNDATION = {"errors", "atomicfile", "tunneltoken", "alertcatalog", "logconfig", "metrics", ""}
+FOUNDATION = {
+    "errors",
+    "atomicfile",
+    "tunneltoken",
+    "alertcatalog",
+    "logconfig",
+    "metrics",
+    "tasks",
+    "",
+}
 RANK = {
     "foundation": 0,
     "config": 1,

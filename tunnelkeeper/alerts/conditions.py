@@ -40,9 +40,11 @@ def tunnel_conditions(
                 out.append(Condition("ReplicaDown", labels, details={"reason": down}))
             continue
         assert primary is not None
-        if primary.ready_connections > 0:
+        if primary.is_serving:
             ready += 1
             continue
+        if primary.stale:
+            continue  # not known to serve (so not counted ready), not known to be dark
         started_long_ago = now - primary.started_at >= sup.daemon.ready_timeout_seconds
         if primary.ready_at is not None or started_long_ago:
             # A successor being started for it does not make it better for on-call.

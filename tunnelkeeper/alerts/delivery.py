@@ -34,6 +34,7 @@ from tunnelkeeper.alerts.retry import (
 from tunnelkeeper.alerts.sinks import SinkError, build_request, describe_exception, secrets_of
 from tunnelkeeper.config.model import SinkConfig
 from tunnelkeeper.metrics import Metrics
+from tunnelkeeper.tasks import keep_running
 
 log = structlog.get_logger("tunnelkeeper.alerts")
 
@@ -221,7 +222,8 @@ class Dispatcher:
     async def start(self) -> None:
         for worker in self._workers:
             name = f"alerts-{worker.sink.name}"
-            self._tasks.append(asyncio.create_task(self._supervise(worker), name=name))
+            run = keep_running("alert_worker", worker.run, self.metrics, sink=worker.sink.name)
+            self._tasks.append(asyncio.create_task(run, name=name))
         self._tasks.append(asyncio.create_task(self._checkpoints(), name="alerts-checkpoint"))
         self.update_pending()
 
@@ -230,16 +232,6 @@ class Dispatcher:
         while True:
             await asyncio.sleep(CHECKPOINT_INTERVAL_SECONDS)
             await asyncio.to_thread(self.outbox.checkpoint)
-
-    async def _supervise(self, worker: _SinkWorker) -> None:
-        while True:
-            try:
-                await worker.run()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug must not end delivery for good
-                log.exception("alert_worker_crashed", sink=worker.sink.name)
-                await asyncio.sleep(1.0)
 
     def enqueue(
         self, notifications: Sequence[Notification], engine_state: Mapping[str, Any] | None = None

@@ -17,6 +17,7 @@ from tunnelkeeper.config.model import Config, TunnelConfig
 from tunnelkeeper.logconfig import SECRETS
 from tunnelkeeper.metrics import Metrics
 from tunnelkeeper.service.tunnelset import TunnelSet
+from tunnelkeeper.tasks import keep_running
 
 if TYPE_CHECKING:
     from tunnelkeeper.cloudflare.schedule import RefreshScheduler
@@ -69,7 +70,8 @@ class ApiTasks:
             },
             clock=self.clock,
         )
-        self._fleet_task = asyncio.create_task(self.fleet.run(), name="fleet poller")
+        run = keep_running("fleet", self.fleet.run, self.metrics, pause_seconds=5.0)
+        self._fleet_task = asyncio.create_task(run, name="fleet poller")
 
     async def _start_schedule(self) -> None:
         cfg = self.config

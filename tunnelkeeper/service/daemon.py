@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +27,7 @@ from tunnelkeeper.logconfig import configure
 from tunnelkeeper.metrics import Metrics
 from tunnelkeeper.service.apitasks import ApiTasks
 from tunnelkeeper.service.endpoints import Endpoints
+from tunnelkeeper.service.httpconn import connection_cap, raise_nofile_limit
 from tunnelkeeper.service.notify import Notifier
 from tunnelkeeper.service.reload import reconfigure
 from tunnelkeeper.service.tunnelset import TunnelSet
@@ -65,6 +66,7 @@ class Daemon(Endpoints):
         self.ledger = LedgerWriter(config.daemon.state_dir / "replicas.json")
         self._ready_sent = False
         self.handover = False
+        self.exit_code = 0
         self._background: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
         self._status_line = ""
@@ -107,6 +109,8 @@ class Daemon(Endpoints):
                     file=sys.stderr,
                 )
                 return EXIT_CONFIG
+        nofile = raise_nofile_limit()
+        self.web.max_connections = connection_cap(nofile, sum(t.replicas for t in cfg.tunnels))
         try:
             await self.web.start(
                 cfg.daemon.listen_host,
@@ -119,6 +123,27 @@ class Daemon(Endpoints):
             )
             await self.web.aclose()
             return 1
+        try:
+            await self._start(cfg)
+        except Exception as exc:
+            # Nothing is drained on the way out: whatever runs keeps serving, for the next
+            # daemon (systemd restarts us) to adopt.
+            log.critical(
+                "daemon_start_failed",
+                error=f"{type(exc).__name__}: {exc}"[:300],
+                action="exiting without draining",
+                exc_info=True,
+            )
+            self.handover, self.exit_code = True, EXIT_SOFTWARE
+            await self._shutdown()
+            return self.exit_code
+        try:
+            await self._keep_looping()
+        finally:
+            await self._shutdown()
+        return self.exit_code
+
+    async def _start(self, cfg: Config) -> None:
         for t in cfg.tunnels:
             self.tunnels.add(t)
         for sink in cfg.alerts.sinks:
@@ -140,23 +165,49 @@ class Daemon(Endpoints):
             listen=cfg.daemon.listen,
             tunnels=[t.name for t in cfg.tunnels],
         )
-        try:
-            await self._loop()
-        finally:
-            await self._shutdown()
-        return 0
+
+    async def _keep_looping(self) -> None:
+        """Fail static, never fail drained: an unexpected error restarts the loop; if it keeps
+        failing, the daemon exits *without draining* (like a handover), so systemd restarts it
+        and the next daemon adopts the replicas, which kept serving throughout."""
+        failures: list[float] = []
+        while not self.stop_requested.is_set():
+            try:
+                await self._loop()
+            except Exception as exc:
+                now = self.clock()
+                failures = [t for t in failures if now - t < LOOP_FAILURE_WINDOW_SECONDS]
+                failures.append(now)
+                self.metrics.task_restarts.labels("loop").inc()
+                log.error(
+                    "loop_failed",
+                    error=f"{type(exc).__name__}: {exc}"[:300],
+                    failures_in_window=len(failures),
+                    exc_info=True,
+                )
+                if len(failures) >= LOOP_FAILURES_BEFORE_EXIT:
+                    log.critical(
+                        "loop_failing_repeatedly",
+                        action="exiting without draining; replicas keep serving and the next "
+                        "daemon adopts them",
+                    )
+                    self.handover = True
+                    self.exit_code = EXIT_SOFTWARE
+                    return
+                await asyncio.sleep(min(1.0, self.config.daemon.probe_interval_seconds))
 
     async def _loop(self) -> None:
         interval = self.config.daemon.probe_interval_seconds
         watchdog = self.notifier.watchdog_interval_seconds()
         last_watchdog = 0.0
         while not self.stop_requested.is_set():
-            self.tunnels.converge()
+            self.tunnels.converge(on_error=self._converge_failed)
             # before anything awaits: every spawned replica is on record
             self.ledger.write(self.tunnels.replicas())
             await self.upgrader.tick()
             self._observe_alerts()
             self._notify_systemd()
+            await self._repair_runtime_dir()
             now = self.clock()
             self.last_tick_at = now
             if watchdog is not None and now - last_watchdog >= watchdog:
@@ -182,21 +233,44 @@ class Daemon(Endpoints):
         else:
             self.notifier.send("STOPPING=1", "STATUS=draining replicas")
             log.info("daemon_stopping", replicas=replicas)
+        # Each step on its own: one that fails must not skip the drain or the rest.
         for feed in self.tunnels.feeds.values():
-            await feed.aclose()
-        await self.api_tasks.aclose()
+            await _quietly("token feed", feed.aclose())
+        await _quietly("api tasks", self.api_tasks.aclose())
         if self.handover:
             self.ledger.write(self.tunnels.replicas())
             for sup in self.tunnels.sups.values():
-                await sup.release_all()
+                await _quietly("release", sup.release_all())
         else:
-            await asyncio.gather(*(sup.drain_all() for sup in self.tunnels.all_supervisors()))
+            drains = (sup.drain_all() for sup in self.tunnels.all_supervisors())
+            await _quietly("drain", asyncio.gather(*drains))
             self.ledger.write(self.tunnels.replicas())
-        await self.alerts.aclose()
-        await self.web.aclose()
-        await self.prober.aclose()
+        await _quietly("alerts", self.alerts.aclose())
+        await _quietly("web", self.web.aclose())
+        await _quietly("prober", self.prober.aclose())
         log.info("daemon_stopped")
         self.notifier.close()
+
+    def _converge_failed(self, tunnel: str, exc: Exception) -> None:
+        """One tunnel's failure never stops the others' supervision."""
+        self.metrics.task_restarts.labels("converge").inc()
+        log.error(
+            "tunnel_converge_failed",
+            tunnel=tunnel,
+            error=f"{type(exc).__name__}: {exc}"[:300],
+            exc_info=True,
+        )
+
+    async def _repair_runtime_dir(self) -> None:
+        """A deleted runtime_dir (tmpfiles clean-up, an operator's rm -rf) is recreated: the
+        replicas' directory and the control socket come back; running replicas are unaffected
+        (their token and log files are open or already read)."""
+        if not self.web.control_socket_missing():
+            return
+        runtime = self.config.daemon.runtime_dir
+        log.error("runtime_dir_missing", path=str(runtime), action="recreating it")
+        runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await self.web.rebind_control()
 
     def _on_handover(self) -> None:
         """SIGUSR2 (systemd's RestartKillSignal): exit without draining; the next daemon adopts
@@ -260,6 +334,17 @@ class Daemon(Endpoints):
         return {"reloaded": True, **changes}
 
 
+async def _quietly(what: str, aw: Awaitable[Any]) -> None:
+    try:
+        await aw
+    except Exception as exc:
+        log.error("shutdown_step_failed", step=what, error=f"{type(exc).__name__}: {exc}"[:300])
+
+
+LOOP_FAILURE_WINDOW_SECONDS = 60.0
+LOOP_FAILURES_BEFORE_EXIT = 5
+# sysexits.h EX_SOFTWARE: an internal error; systemd restarts the daemon, which adopts.
+EXIT_SOFTWARE = 70
 # sysexits.h EX_CONFIG: the unit's RestartPreventExitStatus= stops systemd from restarting a
 # daemon that can only fail the same way again until someone fixes the config.
 EXIT_CONFIG = 78

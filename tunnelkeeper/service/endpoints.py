@@ -37,7 +37,7 @@ class Endpoints:
         dark = [
             n
             for n, s in self.tunnels.sups.items()
-            if not any(r.ready_connections > 0 for r in s.replicas.values())
+            if not any(r.is_serving for r in s.replicas.values())
         ]
         if dark:
             return False, "no ready replica for: " + ", ".join(dark)

@@ -39,7 +39,7 @@ def tunnel_status(sup: TunnelSupervisor, now: float) -> dict[str, Any]:
             }
         )
     target = sup.target_token()
-    ready = sum(1 for i in range(len(sup.slots)) if (p := sup.primary(i)) and p.ready_connections)
+    ready = sum(1 for i in range(len(sup.slots)) if (p := sup.primary(i)) and p.is_serving)
     return {
         "name": sup.cfg.name,
         "id": sup.cfg.id,

@@ -29,6 +29,7 @@ from tunnelkeeper.sources import (
     open_source,
 )
 from tunnelkeeper.supervise.supervisor import TunnelSupervisor
+from tunnelkeeper.tasks import keep_running
 
 log = structlog.get_logger("tunnelkeeper.tokens")
 ROLL_POLL_SECONDS = 0.2
@@ -77,7 +78,8 @@ class TokenFeed:
             clock=self.clock,
         )
         await self._poll(force=False)
-        self._task = asyncio.create_task(self._run(), name=f"token feed {self.cfg.name}")
+        run = keep_running("token_feed", self._run, self.metrics, tunnel=self.cfg.name)
+        self._task = asyncio.create_task(run, name=f"token feed {self.cfg.name}")
 
     def poll_now(self) -> None:
         self._poll_now.set()

@@ -72,9 +72,12 @@ class TunnelSet:
     def all_supervisors(self) -> list[TunnelSupervisor]:
         return [*self.sups.values(), *self.retiring]
 
-    def converge(self) -> None:
+    def converge(self, on_error: Callable[[str, Exception], None]) -> None:
         for sup in self.all_supervisors():
-            sup.converge()
+            try:
+                sup.converge()
+            except Exception as exc:
+                on_error(sup.cfg.name, exc)
         self.retiring = [s for s in self.retiring if s.replicas]
 
     def replicas(self) -> Iterator[Replica]:

@@ -2,9 +2,12 @@
 control endpoints (rotate, reload) on a 0600 unix socket in runtime_dir, so that only root and
 the daemon's own user can act, whatever the TCP listener is bound to.
 
-Served by the standard library's threading HTTP server (the same one prometheus_client uses):
-it keeps the daemon's memory small, and a wedged supervision loop cannot also wedge /healthz.
-Handlers that need the daemon's state run their work on the event loop and wait for it.
+Served from a thread of its own running its own event loop (h11 parses HTTP/1.1): a wedged
+supervision loop cannot also wedge /healthz, and nothing a client does can reach the
+supervision loop except through the few calls below, each with a deadline. Every resource an
+outside client can hold is bounded (:mod:`~tunnelkeeper.service.httpconn`): connections (at the
+cap the longest-idle one is evicted, so a flood of idle sockets cannot lock out Prometheus),
+the time to send a request, idle keep-alive, header and body sizes.
 """
 
 from __future__ import annotations
@@ -12,32 +15,27 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
-import socketserver
 import threading
 from collections.abc import Awaitable, Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from tunnelkeeper.service.httpconn import ConnectionPool, Reply, Request
+
 Probe = Callable[[], tuple[bool, str]]
 MAX_CONTROL_BODY = 64 * 1024
 LOOP_CALL_TIMEOUT_SECONDS = 5.0
+BACKLOG = 128
 
 
-class _TCPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+def _json(status: int, obj: Any) -> Reply:
+    return Reply(status, json.dumps(obj, indent=1).encode(), "application/json")
 
 
-class _TCP6Server(_TCPServer):
-    address_family = socket.AF_INET6
-
-
-class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+def _text(status: int, text: str) -> Reply:
+    return Reply(status, (text + "\n").encode(), "text/plain; charset=utf-8")
 
 
 class DaemonWeb:
@@ -50,130 +48,166 @@ class DaemonWeb:
         status: Callable[[], dict[str, Any]],
         rotate: Callable[[str | None, bool], Awaitable[dict[str, Any]]],
         reload: Callable[[], Awaitable[dict[str, Any]]],
+        max_connections: int = 64,
     ) -> None:
         self.metrics, self.healthz, self.readyz, self.status = metrics, healthz, readyz, status
         self.rotate, self.reload = rotate, reload
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._servers: list[socketserver.BaseServer] = []
+        self.max_connections = max_connections
+        self.loop: asyncio.AbstractEventLoop | None = None  # the supervision loop
+        self._http_loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._servers: list[asyncio.Server] = []
+        self._control_path: Path | None = None
 
     async def start(self, host: str, port: int, control_socket: Path) -> None:
+        """Bind both listeners (errors raise here, in the caller) and serve them."""
         self.loop = asyncio.get_running_loop()
-        server_cls = _TCP6Server if ":" in host else _TCPServer
-        self._serve(server_cls((host, port), _handler(self, control=False)))
-        if control_socket.is_socket():
-            control_socket.unlink()
+        started: asyncio.Future[None] = self.loop.create_future()
+        http_loop = asyncio.new_event_loop()
+        self._http_loop = http_loop
+
+        def report(exc: BaseException | None) -> None:
+            if not started.done():
+                if exc is None:
+                    started.set_result(None)
+                else:
+                    started.set_exception(exc)
+
+        async def bind() -> None:
+            public = ConnectionPool(self._public, self.max_connections, max_body=MAX_CONTROL_BODY)
+            control = ConnectionPool(self._control, 8, max_body=MAX_CONTROL_BODY)
+            self._servers.append(
+                await asyncio.start_server(public.serve, host, port, backlog=BACKLOG)
+            )
+            self._servers.append(await self._bind_control(control, control_socket))
+
+        def run() -> None:
+            asyncio.set_event_loop(http_loop)
+            try:
+                http_loop.run_until_complete(bind())
+            except BaseException as exc:  # handed to start()'s caller
+                self.loop.call_soon_threadsafe(report, exc)  # type: ignore[union-attr]
+                http_loop.close()
+                return
+            self.loop.call_soon_threadsafe(report, None)  # type: ignore[union-attr]
+            http_loop.run_forever()
+            http_loop.run_until_complete(http_loop.shutdown_asyncgens())
+            http_loop.close()
+
+        self._thread = threading.Thread(target=run, name="tunnelkeeper-http", daemon=True)
+        self._thread.start()
+        await started
+
+    async def _bind_control(self, pool: ConnectionPool, path: Path) -> asyncio.Server:
+        if path.is_socket():
+            path.unlink()
         old_umask = os.umask(0o177)
         try:
-            control = _UnixServer(str(control_socket), _handler(self, control=True))
+            server = await asyncio.start_unix_server(pool.serve, str(path), backlog=16)
         finally:
             os.umask(old_umask)
-        os.chmod(control_socket, 0o600)
-        self._serve(control)
+        os.chmod(path, 0o600)
+        self._control_path = path
+        return server
 
-    def _serve(self, server: socketserver.BaseServer) -> None:
-        self._servers.append(server)
-        threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name="tunnelkeeper-http",
-            daemon=True,
-        ).start()
+    def control_socket_missing(self) -> bool:
+        """The socket file was removed (a deleted runtime_dir): `rebind_control` restores it."""
+        return self._control_path is not None and not self._control_path.is_socket()
+
+    async def rebind_control(self) -> None:
+        if self._http_loop is None or self._control_path is None:
+            return
+        path = self._control_path
+        pool = ConnectionPool(self._control, 8, max_body=MAX_CONTROL_BODY)
+
+        async def rebind() -> None:
+            old = self._servers.pop()
+            old.close()
+            self._servers.append(await self._bind_control(pool, path))
+
+        fut = asyncio.run_coroutine_threadsafe(rebind(), self._http_loop)
+        await asyncio.wrap_future(fut)
 
     async def aclose(self) -> None:
-        for server in self._servers:
-            await asyncio.to_thread(server.shutdown)
-            server.server_close()
+        http_loop, thread = self._http_loop, self._thread
+        if http_loop is None or thread is None or not thread.is_alive():
+            return
+
+        async def stop() -> None:
+            for server in self._servers:
+                server.close()
+            for server in self._servers:
+                await server.wait_closed()
+            http_loop.stop()
+
+        asyncio.run_coroutine_threadsafe(stop(), http_loop)
+        await asyncio.to_thread(thread.join, LOOP_CALL_TIMEOUT_SECONDS)
         self._servers.clear()
 
-    def in_loop(self, fn: Callable[[], Any]) -> Any:
-        """Run a quick function on the event loop (the state's only writer) and return its value."""
-        assert self.loop is not None
+    # --- calls into the supervision loop (its state has one writer) ------------------------------
 
+    async def _in_loop(self, fn: Callable[[], Any]) -> Any:
         async def call() -> Any:
             return fn()
 
-        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(LOOP_CALL_TIMEOUT_SECONDS)
+        return await self._await_in_loop(call(), LOOP_CALL_TIMEOUT_SECONDS)
 
-    def await_in_loop(self, coro: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    async def _await_in_loop(self, coro: Awaitable[Any], limit_seconds: float | None) -> Any:
         assert self.loop is not None
 
-        async def call() -> dict[str, Any]:
+        async def call() -> Any:
             return await coro
 
-        return asyncio.run_coroutine_threadsafe(call(), self.loop).result()
+        fut = asyncio.run_coroutine_threadsafe(call(), self.loop)
+        try:
+            async with asyncio.timeout(limit_seconds):
+                return await asyncio.wrap_future(fut)
+        finally:
+            fut.cancel()
 
+    # --- handlers --------------------------------------------------------------------------------
 
-def _handler(web: DaemonWeb, *, control: bool) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "tunnelkeeper"
-        protocol_version = "HTTP/1.1"
+    async def _public(self, req: Request) -> Reply:
+        if req.method != "GET" and req.method != "HEAD":
+            return _json(405, {"error": "control actions are only on the control socket"})
+        try:
+            if req.path == "/metrics":
+                return Reply(200, self.metrics(), CONTENT_TYPE_LATEST)
+            if req.path == "/healthz":
+                # plain fields: still answers (unhealthy) if the supervision loop is wedged
+                ok, text = self.healthz()
+                return _text(200 if ok else 503, text)
+            if req.path == "/readyz":
+                ok, text = await self._in_loop(self.readyz)
+                return _text(200 if ok else 503, text)
+            if req.path == "/status":
+                return _json(200, await self._in_loop(self.status))
+        except TimeoutError:
+            return _text(503, "supervision loop did not answer")
+        return _json(404, {"error": "not found"})
 
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, status: int, obj: Any) -> None:
-            self._send(status, json.dumps(obj, indent=1).encode(), "application/json")
-
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
+    async def _control(self, req: Request) -> Reply:
+        if req.method == "GET":
+            if req.path != "/status":
+                return _json(404, {"error": "not found"})
             try:
-                if path == "/status":
-                    self._json(200, web.in_loop(web.status))
-                elif control:
-                    self._json(404, {"error": "not found"})
-                elif path == "/metrics":
-                    self._send(200, web.metrics(), CONTENT_TYPE_LATEST)
-                elif path in ("/healthz", "/readyz"):
-                    # /healthz reads plain fields, so it still answers if the loop is wedged;
-                    # /readyz needs the loop and fails if the loop does not answer.
-                    ok, text = web.healthz() if path == "/healthz" else web.in_loop(web.readyz)
-                    self._send(200 if ok else 503, (text + "\n").encode(), "text/plain")
-                else:
-                    self._json(404, {"error": "not found"})
+                return _json(200, await self._in_loop(self.status))
             except TimeoutError:
-                self._send(503, b"supervision loop did not answer\n", "text/plain")
-
-        def do_POST(self) -> None:
-            if not control:
-                self._json(405, {"error": "control actions are only on the control socket"})
-                return
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                length = -1
-            if not 0 <= length <= MAX_CONTROL_BODY:
-                if length < 0:
-                    self._json(400, {"error": "bad Content-Length"})
-                    return
-                self._json(413, {"error": "body too large"})
-                return
-            try:
-                body = json.loads(self.rfile.read(length) or b"{}")
-            except (ValueError, UnicodeDecodeError, RecursionError):
-                body = None
-            if not isinstance(body, dict):
-                self._json(400, {"error": "body must be a JSON object"})
-                return
-            path = self.path.split("?", 1)[0]
-            if path == "/rotate":
-                tunnel, force = body.get("tunnel"), body.get("force", False)
-                if (tunnel is not None and not isinstance(tunnel, str)) or not isinstance(
-                    force, bool
-                ):
-                    self._json(400, {"error": "tunnel must be a string, force a boolean"})
-                    return
-                result = web.await_in_loop(web.rotate(tunnel, force))
-                self._json(404 if result.get("error") else 200, result)
-            elif path == "/reload":
-                self._json(200, web.await_in_loop(web.reload()))
-            else:
-                self._json(404, {"error": "not found"})
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    return Handler
+                return _text(503, "supervision loop did not answer")
+        if req.method != "POST":
+            return _json(405, {"error": "method not allowed"})
+        try:
+            body = json.loads(req.body or b"{}")
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            body = None
+        if not isinstance(body, dict):
+            return _json(400, {"error": "body must be a JSON object"})
+        if req.path == "/rotate":
+            tunnel, force = body.get("tunnel"), body.get("force", False)
+            if (tunnel is not None and not isinstance(tunnel, str)) or not isinstance(force, bool):
+                return _json(400, {"error": "tunnel must be a string, force a boolean"})
+            result = await self._await_in_loop(self.rotate(tunnel, force), None)
+            return _json(404 if result.get("error") else 200, result)
+        if req.path == "/reload":
+            return _json(200, await self._await_in_loop(self.reload(), None))
+        return _json(404, {"error": "not found"})

@@ -4,13 +4,16 @@ When tunnelkeeper restarts (upgrade, crash, kill -9, ``systemctl restart``), its
 serving: they run in their own session, log to files, and systemd's KillMode=process leaves
 them alone. The new daemon reads the ledger, verifies each process (pid + create time +
 command line), and adopts it with its slot, generation and role, instead of killing and
-restarting it. Anything it cannot verify or no longer wants is stopped; nothing is left
-unsupervised.
+restarting it. Replacement before removal, always: a replica whose record is missing (ledger
+unwritable, stale or deleted) is recognised by its command line; one whose token file is gone
+(a deleted runtime_dir) is adopted with an unknown token, so the policy rolls it: its
+successor must be ready at the edge before it drains. Only a replica of a tunnel no longer
+configured is stopped outright. Nothing is left unsupervised.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Mapping
@@ -37,11 +40,24 @@ from tunnelkeeper.tunneltoken import TunnelToken
 log = structlog.get_logger("tunnelkeeper.adoption")
 
 
-def adopt_one(sup: TunnelSupervisor, entry: LedgerEntry, create_time: float) -> bool:
+# An adopted replica whose token file is gone: it runs *some* token, not known which. Its spec
+# never matches the target's, so it is rolled; it never becomes the supervisor's proven token.
+UNKNOWN_TOKEN = TunnelToken("", "", b"")
+
+
+def adopt_one(sup: TunnelSupervisor, entry: LedgerEntry, create_time: float) -> None:
     try:
         token = TunnelToken.parse(Path(entry.token_file).read_text())
-    except (OSError, InvalidTokenError):
-        return False
+    except (OSError, InvalidTokenError) as exc:
+        token = UNKNOWN_TOKEN
+        log.warning(
+            "replica_adopted_for_replacement",
+            tunnel=entry.tunnel,
+            slot=entry.slot,
+            pid=entry.pid,
+            reason=f"token file unreadable: {getattr(exc, 'strerror', None) or exc}",
+            action="kept serving until its replacement is ready at the edge",
+        )
     role = Role(entry.role) if entry.role in Role._value2member_map_ else Role.PRIMARY
     rid = ReplicaId(sup.cfg.name, entry.slot, entry.generation)
     # What it was launched with, as recorded: a spec that differs from the config's is rolled.
@@ -70,29 +86,33 @@ def adopt_one(sup: TunnelSupervisor, entry: LedgerEntry, create_time: float) -> 
         epoch=sup.epoch,
     )
     sup.take(replica)
-    return True
 
 
 def adopt_all(
     ledger: Path, sups: Mapping[str, TunnelSupervisor], runtime_dir: Path
 ) -> tuple[int, int]:
-    """Adopt what the ledger lists and can be verified; stop the rest, and any replica of ours
-    the ledger does not list (a daemon killed between spawn and ledger write). Returns
-    (adopted, stopped)."""
+    """Adopt what the ledger lists, and any replica of ours it does not list (recognised by its
+    command line); stop only replicas of tunnels no longer configured. Returns (adopted,
+    stopped)."""
     adopted = stopped = 0
-    stopped += _stop_unlisted(runtime_dir, {e.pid for e in read_ledger(ledger)})
-    for entry in read_ledger(ledger):
+    entries = read_ledger(ledger)
+    entries += unlisted_entries(runtime_dir, {e.pid for e in entries})
+    for entry in entries:
         proc = find_process(entry)
         if proc is None:
             remove_files(entry)  # it is gone; its token must not linger on disk
             continue
         sup = sups.get(entry.tunnel)
-        if sup is not None and adopt_one(sup, entry, proc.create_time()):
+        if sup is not None:
+            adopt_one(sup, entry, proc.create_time())
             adopted += 1
             continue
-        why = "tunnel no longer configured" if sup is None else "token file unreadable"
         log.warning(
-            "replica_not_adopted", tunnel=entry.tunnel, slot=entry.slot, pid=entry.pid, reason=why
+            "replica_not_adopted",
+            tunnel=entry.tunnel,
+            slot=entry.slot,
+            pid=entry.pid,
+            reason="tunnel no longer configured",
         )
         stop_process(proc)
         remove_files(entry)
@@ -100,24 +120,69 @@ def adopt_all(
     return adopted, stopped
 
 
-def _stop_unlisted(runtime_dir: Path, listed: set[int]) -> int:
-    """Replicas are the only processes given a ``--token-file`` under runtime_dir/replicas/."""
+def unlisted_entries(runtime_dir: Path, listed: set[int]) -> list[LedgerEntry]:
+    """Ledger entries rebuilt from the command lines of our replicas that the ledger does not
+    list (a daemon killed between spawn and ledger write, or a ledger that could not be
+    written). Replicas are the only processes given a ``--token-file`` under
+    runtime_dir/replicas/, named ``TUNNEL.SLOT.GENERATION.token``. Per slot, the oldest is
+    adopted as the primary and a newer one as its successor, so the policy promotes the newer
+    only once it is ready at the edge."""
     marker = str(runtime_dir / "replicas") + os.sep
-    stopped = 0
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    found: list[LedgerEntry] = []
+    for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
         cmdline = proc.info["cmdline"] or []
         if proc.info["pid"] in listed or "--token-file" not in cmdline:
             continue
-        i = cmdline.index("--token-file")
-        if i + 1 < len(cmdline) and cmdline[i + 1].startswith(marker):
+        entry = entry_from_argv(cmdline, proc.info["pid"], proc.info["create_time"] or 0.0)
+        if entry is not None and entry.token_file.startswith(marker):
             log.warning(
-                "unlisted_replica_stopped",
-                pid=proc.info["pid"],
-                token_file=Path(cmdline[i + 1]).name,
+                "unlisted_replica_found",
+                pid=entry.pid,
+                tunnel=entry.tunnel,
+                slot=entry.slot,
+                action="adopting it from its command line",
             )
-            stop_process(proc)
-            for leftover in (Path(cmdline[i + 1]), Path(cmdline[i + 1]).with_suffix(".log")):
-                with contextlib.suppress(OSError):
-                    leftover.unlink()
-            stopped += 1
-    return stopped
+            found.append(entry)
+    roles: dict[tuple[str, int], int] = {}
+    out = []
+    for e in sorted(found, key=lambda e: (e.tunnel, e.slot, e.generation)):
+        n = roles.get((e.tunnel, e.slot), 0)
+        roles[(e.tunnel, e.slot)] = n + 1
+        role = (Role.PRIMARY, Role.SUCCESSOR)[n] if n < 2 else Role.DRAINING
+        out.append(dataclasses.replace(e, role=role.value))
+    return out
+
+
+def entry_from_argv(cmdline: list[str], pid: int, create_time: float) -> LedgerEntry | None:
+    """The inverse of ``replica.build_argv``; None for anything that is not one of ours."""
+
+    def value(flag: str) -> str | None:
+        if flag in cmdline and cmdline.index(flag) + 1 < len(cmdline):
+            return cmdline[cmdline.index(flag) + 1]
+        return None
+
+    token_file, metrics, label = value("--token-file"), value("--metrics"), value("--label")
+    if token_file is None or metrics is None or not metrics.startswith("127.0.0.1:"):
+        return None
+    parts = Path(token_file).name.removesuffix(".token").rsplit(".", 2)
+    port = metrics.removeprefix("127.0.0.1:")
+    if len(parts) != 3 or not (parts[1].isdigit() and parts[2].isdigit() and port.isdigit()):
+        return None
+    grace = (value("--grace-period") or "").removesuffix("s")
+    extra: tuple[str, ...] | None = None
+    if "--label" in cmdline and "run" in cmdline:
+        start, end = cmdline.index("--label") + 2, len(cmdline) - 1 - cmdline[::-1].index("run")
+        extra = tuple(cmdline[start:end]) if start <= end else None
+    return LedgerEntry(
+        tunnel=parts[0],
+        slot=int(parts[1]),
+        generation=int(parts[2]),
+        pid=pid,
+        create_time=create_time,
+        metrics_port=int(port),
+        token_file=token_file,
+        binary=cmdline[0],
+        extra_args=extra,
+        label=label,
+        grace_period_seconds=float(grace) if grace.replace(".", "", 1).isdigit() else None,
+    )

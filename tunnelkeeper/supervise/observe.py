@@ -59,6 +59,7 @@ class Observation:
             now = self.clock()
             self.metrics.probe_duration.observe(now - asked_at)
             before = r.observed()
+            r.probed_at, r.stale = now, False
             if result.answered:
                 r.silent_since = None
                 r.connector_id = result.connector_id or r.connector_id
@@ -73,7 +74,7 @@ class Observation:
                             startup_seconds=round(now - r.started_at, 3),
                         )
                     r.zero_since = None
-                    if r.role is not Role.DRAINING:
+                    if r.role is not Role.DRAINING and r.proc.token.secret:
                         self.proven = r.proc.token
                 elif r.zero_since is None and r.ready_at is not None:
                     r.zero_since = now
@@ -148,7 +149,7 @@ class Observation:
         for slot in range(len(self.slots)):
             r = self.primary(slot)
             up = r is not None and r.proc.running
-            conns = r.ready_connections if r is not None else 0
+            conns = r.ready_connections if r is not None and not r.stale else 0
             ready += 1 if up and conns > 0 else 0
             m.replica_up.labels(name, str(slot)).set(1 if up else 0)
             m.replica_ready_connections.labels(name, str(slot)).set(conns)
@@ -181,10 +182,7 @@ class Observation:
         return sum(
             1
             for r in self.replicas.values()
-            if r.role is Role.PRIMARY
-            and r.rid.slot < len(self.slots)
-            and r.proc.running
-            and r.ready_connections > 0
+            if r.role is Role.PRIMARY and r.rid.slot < len(self.slots) and r.is_serving
         )
 
     def primary(self, slot: int) -> Replica | None:

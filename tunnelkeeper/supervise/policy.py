@@ -9,6 +9,8 @@ carries the actions out. Rules, per tunnel and slot:
   successor is promoted only once it is ready at the edge; then the old primary drains.
 * A primary on an outdated token gets a successor too (rolling rotation), one slot at a time.
 * A successor that is not ready within ``ready_timeout`` is abandoned; the slot backs off.
+* A replica whose probe result is stale is UNKNOWN: not counted as serving, and not replaced
+  on a guess (its probe task is restarted; see ``tasks``).
 * When no replica of a tunnel has an edge connection, the edge or network is the likely fault:
   replacing everything would only churn, so one replacement at a time is tried, with backoff.
 """
@@ -28,6 +30,7 @@ class Phase(StrEnum):
     UNRESPONSIVE = "unresponsive"
     DRAINING = "draining"
     EXITED = "exited"
+    UNKNOWN = "unknown"  # its probe has produced no result for too long: never counted ready
 
 
 class Role(StrEnum):
@@ -59,6 +62,7 @@ class Observed:
     zero_since: float | None = None  # since when 0 connections, after having had some
     silent_since: float | None = None  # since when /ready has not answered
     token_fingerprint: str = ""
+    stale: bool = False  # no fresh probe result: what it does now is not known
 
 
 def phase_of(r: Observed, t: Timing, now: float) -> Phase:
@@ -66,6 +70,8 @@ def phase_of(r: Observed, t: Timing, now: float) -> Phase:
         return Phase.EXITED
     if r.role is Role.DRAINING:
         return Phase.DRAINING
+    if r.stale:
+        return Phase.UNKNOWN
     if r.silent_since is not None and now - r.silent_since >= t.unresponsive_after_seconds:
         # A starting replica's metrics server may not be up yet: silence only counts once it
         # has answered before, or when start-up has taken longer than it may.
@@ -83,12 +89,12 @@ def phase_of(r: Observed, t: Timing, now: float) -> Phase:
 
 
 def is_serving(r: Observed) -> bool:
-    return r.running and r.ready_connections > 0
+    return r.running and r.ready_connections > 0 and not r.stale
 
 
 def is_gate_ready(r: Observed, t: Timing) -> bool:
     """Ready at the edge enough to take over from the replica it replaces."""
-    return r.running and r.ready_connections >= t.min_ready_connections
+    return r.running and r.ready_connections >= t.min_ready_connections and not r.stale
 
 
 # --- actions ---------------------------------------------------------------------------------

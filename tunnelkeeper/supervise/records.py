@@ -32,6 +32,17 @@ class Replica:
     silent_since: float | None = None
     version: str | None = None
     epoch: int = 0  # bumped by a forced roll: same token, new processes
+    probed_at: float | None = None  # when its probe last produced a result (None: not yet)
+    stale: bool = False  # set by the supervisor: no probe result for too long
+
+    @property
+    def is_serving(self) -> bool:
+        """Running with at least one edge connection, as of a fresh probe."""
+        return self.proc.running and self.ready_connections > 0 and not self.stale
+
+    def mark_staleness(self, now: float, stale_after_seconds: float) -> None:
+        since = self.probed_at if self.probed_at is not None else self.started_at
+        self.stale = now - since > stale_after_seconds
 
     @property
     def key(self) -> str:
@@ -61,6 +72,7 @@ class Replica:
             zero_since=self.zero_since,
             silent_since=self.silent_since,
             token_fingerprint=self.spec_id,
+            stale=self.stale,
         )
 
 

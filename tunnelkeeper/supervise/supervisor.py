@@ -27,9 +27,11 @@ from tunnelkeeper.supervise.probe import Prober
 from tunnelkeeper.supervise.records import Replica, SlotState
 from tunnelkeeper.supervise.replica import ReplicaId, ReplicaProcess, SpawnSpec
 from tunnelkeeper.supervise.rollout import Rollout
+from tunnelkeeper.tasks import keep_running
 from tunnelkeeper.tunneltoken import TunnelToken
 
 STORM_BACKOFF_CAP_SECONDS = 300.0
+PROBE_TIMEOUT_SECONDS = 1.0  # the daemon's prober never waits longer for one /ready
 
 log = structlog.get_logger("tunnelkeeper.supervisor")
 
@@ -132,6 +134,18 @@ class TunnelSupervisor(Observation, Rollout):
             last_exit_reason=tuple(s.empty_reason for s in self.slots),
             storm_backoff_until=self.storm_backoff_until,
         )
+        stale_after = 3 * self.daemon.probe_interval_seconds + PROBE_TIMEOUT_SECONDS
+        for r in self.replicas.values():
+            was_stale = r.stale
+            r.mark_staleness(now, stale_after)
+            if r.stale and not was_stale:
+                self._log.error(
+                    "replica_probe_stale",
+                    slot=r.rid.slot,
+                    generation=r.rid.generation,
+                    seconds=round(stale_after, 1),
+                    consequence="state unknown: not counted ready until its probe answers",
+                )
         observed = [r.observed() for r in self.replicas.values()]
         decision = policy.decide(plan, observed, self.timing, now)
         self.edge_outage, self.hold_reason = decision.edge_outage_suspected, decision.reason
@@ -193,7 +207,12 @@ class TunnelSupervisor(Observation, Rollout):
         state = self.slots[slot]
         state.generation += 1
         rid = ReplicaId(self.cfg.name, slot, state.generation)
-        port = self.ports.allocate()
+        try:
+            port = self.ports.allocate()
+        except OSError as exc:  # out of descriptors or ports: try again after the backoff
+            state.backoff_until = now + max(1.0, self.daemon.probe_interval_seconds)
+            self._log.error("replica_spawn_failed", slot=slot, error=exc.strerror or str(exc))
+            return
         spec = SpawnSpec(
             binary=self.binary,
             extra_args=self.cloudflared.args,
@@ -218,7 +237,7 @@ class TunnelSupervisor(Observation, Rollout):
             )
             self._forget(replica, exited=True, returncode=None)
             return
-        self._start_task(self._probe_loop(replica), f"probe {rid}")
+        self._start_probe(replica)
 
     def take(self, r: Replica) -> None:
         """Supervise a replica that already runs (adopted from a previous daemon)."""
@@ -227,11 +246,11 @@ class TunnelSupervisor(Observation, Rollout):
         if r.rid.slot < len(self.slots):
             slot = self.slots[r.rid.slot]
             slot.generation = max(slot.generation, r.rid.generation)
-        if self.proven is None:
+        if self.proven is None and r.proc.token.secret:  # not an unknown (adopted) token
             self.proven = r.proc.token
         if r.role is Role.DRAINING:
             self._start_task(r.proc.stop(signal_first=False), f"drain {r.rid}")
-        self._start_task(self._probe_loop(r), f"probe {r.rid}")
+        self._start_probe(r)
 
     def _drain(self, r: Replica, reason: str) -> None:
         if r.role is Role.DRAINING:
@@ -247,6 +266,18 @@ class TunnelSupervisor(Observation, Rollout):
         self._start_task(r.proc.stop(), f"drain {r.rid}")
 
     # --- lifecycle ---------------------------------------------------------------------------
+
+    def _start_probe(self, r: Replica) -> None:
+        run = keep_running(
+            "probe",
+            lambda: self._probe_loop(r),
+            self.metrics,
+            pause_seconds=self.daemon.probe_interval_seconds,
+            while_=lambda: r.proc.running,
+            tunnel=self.cfg.name,
+            slot=r.rid.slot,
+        )
+        self._start_task(run, f"probe {r.rid}")
 
     def _start_task(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)

@@ -1,0 +1,54 @@
+"""Long-lived tasks that restart when they fail, and say so.
+
+A bug or an exhausted resource (file descriptors, memory) in one replica's probe, a sink's
+worker or the fleet poller must not end that work for good and silently: the task is restarted
+after a pause, the failure is logged once per restart with its cause, and
+``tunnelkeeper_task_restarts_total{task}`` counts it. Cancellation always ends the task, even if
+clean-up raises while it unwinds (a restart there would make shutdown hang).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import structlog
+
+from tunnelkeeper.metrics import Metrics
+
+log = structlog.get_logger("tunnelkeeper.tasks")
+
+
+async def keep_running(
+    task: str,
+    run: Callable[[], Coroutine[Any, Any, None]],
+    metrics: Metrics | None,
+    *,
+    pause_seconds: float = 1.0,
+    while_: Callable[[], bool] = lambda: True,
+    **context: Any,
+) -> None:
+    """Await ``run()`` until it returns; on an exception, count, log, pause and run it again
+    (as long as ``while_()`` holds)."""
+    me = asyncio.current_task()
+    while while_():
+        try:
+            await run()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if me is not None and me.cancelling():
+                raise  # being cancelled: a clean-up that raised must not turn into a restart
+            if metrics is not None:
+                metrics.task_restarts.labels(task).inc()
+            log.error(
+                "task_failed",
+                task=task,
+                error=f"{type(exc).__name__}: {exc}"[:300],
+                action=f"restarting in {pause_seconds:g}s",
+                exc_info=True,
+                **context,
+            )
+        await asyncio.sleep(pause_seconds)
