@@ -113,9 +113,8 @@ def test_imports_point_down_the_layers() -> None:
         for target in targets:
             dst = layer_of(target)
             if src == "sim" or dst == "sim":
-                allowed = (
-                    (src == "sim" and dst in ("sim", "foundation"))
-                    or (dst == "sim" and importer in ("tunnelkeeper.cli", "tunnelkeeper.demo"))
+                allowed = (src == "sim" and dst in ("sim", "foundation")) or (
+                    dst == "sim" and importer in ("tunnelkeeper.cli", "tunnelkeeper.demo")
                 )
             elif src == dst:
                 allowed = True
