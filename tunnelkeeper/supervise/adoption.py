@@ -164,6 +164,10 @@ def entry_from_argv(cmdline: list[str], pid: int, create_time: float) -> LedgerE
     token_file, metrics, label = value("--token-file"), value("--metrics"), value("--label")
     if token_file is None or metrics is None or not metrics.startswith("127.0.0.1:"):
         return None
+    if "tunnel" not in cmdline or cmdline.index("tunnel") == 0:
+        return None
+    # [binary, "tunnel", ...]; a script's argv starts with its interpreter: [python, script, ...]
+    binary = cmdline[cmdline.index("tunnel") - 1]
     parts = Path(token_file).name.removesuffix(".token").rsplit(".", 2)
     port = metrics.removeprefix("127.0.0.1:")
     if len(parts) != 3 or not (parts[1].isdigit() and parts[2].isdigit() and port.isdigit()):
@@ -181,7 +185,7 @@ def entry_from_argv(cmdline: list[str], pid: int, create_time: float) -> LedgerE
         create_time=create_time,
         metrics_port=int(port),
         token_file=token_file,
-        binary=cmdline[0],
+        binary=binary,
         extra_args=extra,
         label=label,
         grace_period_seconds=float(grace) if grace.replace(".", "", 1).isdigit() else None,
