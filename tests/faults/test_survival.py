@@ -106,6 +106,9 @@ def test_idle_connections_from_an_unprivileged_user_cannot_starve_supervision(
     assert load.failed <= 2, load.failures
     assert d.proc.poll() is None
     assert events(d, "loop_failed") == 0
+    # a thousand clients cut off mid-connection leave no raw traceback in the JSON log
+    for line in d.output().splitlines():
+        assert json.loads(line)["event"], line
 
 
 def test_probes_starved_of_descriptors_report_unknown_never_ready_and_recover(

@@ -52,6 +52,7 @@ class Daemon(Endpoints):
         self.started_at = clock()
         self.started_wall = datetime.now(UTC)
         self.last_tick_at = clock()
+        self.unknown_replicas: tuple[str, ...] = ()
         self.tunnels = TunnelSet(
             config.daemon,
             config.cloudflared,
@@ -202,6 +203,7 @@ class Daemon(Endpoints):
         last_watchdog = 0.0
         while not self.stop_requested.is_set():
             self.tunnels.converge(on_error=self._converge_failed)
+            self.unknown_replicas = tuple(str(r.rid) for r in self.tunnels.replicas() if r.stale)
             # before anything awaits: every spawned replica is on record
             self.ledger.write(self.tunnels.replicas())
             await self.upgrader.tick()

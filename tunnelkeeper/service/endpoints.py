@@ -27,11 +27,17 @@ class Endpoints:
     started_at: float
     started_wall: datetime
     last_tick_at: float
+    unknown_replicas: tuple[str, ...]
 
     def healthz(self) -> tuple[bool, str]:
+        """Read from the HTTP thread: plain fields only, set by the loop."""
         stale = self.clock() - self.last_tick_at
         limit = 3 * self.config.daemon.probe_interval_seconds + 2
-        return (stale < limit, f"supervision loop last ran {stale:.1f}s ago")
+        text = f"supervision loop last ran {stale:.1f}s ago"
+        unknown = self.unknown_replicas
+        if unknown:
+            return False, f"{text}; no fresh probe (state unknown) for: {', '.join(unknown)}"
+        return (stale < limit, text)
 
     def readyz(self) -> tuple[bool, str]:
         dark = [
