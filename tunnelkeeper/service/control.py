@@ -1,14 +1,49 @@
-"""Commands that talk to a running daemon: ``status`` (HTTP) and ``rotate`` (control socket)."""
+"""Commands that talk to a running daemon: ``status`` (HTTP) and ``rotate`` (control socket).
+
+The standard library's ``http.client`` does the talking: a CLI that answers instantly cannot
+afford to import an HTTP client library (httpx alone takes longer to import than the whole
+``status`` command may run).
+"""
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 import sys
 from typing import Any
 
-import httpx
-
 from tunnelkeeper.config.model import Config
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("daemon", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _call(
+    conn: http.client.HTTPConnection, method: str, path: str, body: dict[str, Any] | None = None
+) -> tuple[int, Any]:
+    """One request; the JSON reply (ValueError if it is not JSON)."""
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        conn.request(method, path, body=data, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
 
 
 def _load(config_path: str) -> Config | None:
@@ -39,11 +74,13 @@ def status_command(config_path: str, *, as_json: bool) -> int:
     if config is None:
         return 1
     url = _public_url(config) + "/status"
+    host, port = config.daemon.listen_host, config.daemon.listen_port
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
     try:
-        resp = httpx.get(url, timeout=5.0, trust_env=False)
-        resp.raise_for_status()
-        status: dict[str, Any] = resp.json()
-    except (httpx.HTTPError, ValueError) as exc:
+        code, status = _call(http.client.HTTPConnection(host, port, timeout=5.0), "GET", "/status")
+        if code != 200 or not isinstance(status, dict):
+            raise ValueError(f"HTTP {code}")
+    except (OSError, http.client.HTTPException, ValueError) as exc:
         print(
             f"tunnelkeeper: daemon not reachable at {url} ({type(exc).__name__}: {exc})",
             file=sys.stderr,
@@ -58,7 +95,6 @@ def rotate_command(config_path: str, tunnel: str | None, *, force: bool) -> int:
     if config is None:
         return 1
     sock = config.daemon.runtime_dir / "control.sock"
-    transport = httpx.HTTPTransport(uds=str(sock))
     # A roll takes a while: each replica must become ready at the edge before the next.
     timeout = (
         max(
@@ -68,16 +104,21 @@ def rotate_command(config_path: str, tunnel: str | None, *, force: bool) -> int:
         + 60
     )
     try:
-        with httpx.Client(transport=transport, timeout=timeout, trust_env=False) as client:
-            resp = client.post("http://daemon/rotate", json={"tunnel": tunnel, "force": force})
-        body: dict[str, Any] = resp.json()
+        _, body = _call(
+            _UnixConnection(str(sock), timeout),
+            "POST",
+            "/rotate",
+            {"tunnel": tunnel, "force": force},
+        )
+        if not isinstance(body, dict):
+            raise ValueError("the reply is not a JSON object")
     except PermissionError:
         print(
             f"tunnelkeeper: permission denied on {sock}: run as root or the daemon's user",
             file=sys.stderr,
         )
         return 1
-    except (httpx.HTTPError, ValueError, OSError) as exc:
+    except (OSError, http.client.HTTPException, ValueError) as exc:
         print(
             f"tunnelkeeper: daemon not reachable on {sock} ({type(exc).__name__}: {exc})",
             file=sys.stderr,

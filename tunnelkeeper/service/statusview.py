@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tunnelkeeper.supervise.supervisor import TunnelSupervisor
+if TYPE_CHECKING:  # render() runs in the CLI, which must not import the supervisor's world
+    from tunnelkeeper.supervise.supervisor import TunnelSupervisor
 
 
 def tunnel_status(sup: TunnelSupervisor, now: float) -> dict[str, Any]:
