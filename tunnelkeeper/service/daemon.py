@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,7 +29,12 @@ from tunnelkeeper.service.apitasks import ApiTasks
 from tunnelkeeper.service.endpoints import Endpoints
 from tunnelkeeper.service.httpconn import connection_cap, raise_nofile_limit
 from tunnelkeeper.service.notify import Notifier
-from tunnelkeeper.service.reload import reconfigure
+from tunnelkeeper.service.resilience import (
+    EXIT_SOFTWARE,
+    converge_failed,
+    keep_looping,
+    quietly,
+)
 from tunnelkeeper.service.tunnelset import TunnelSet
 from tunnelkeeper.service.web import DaemonWeb
 from tunnelkeeper.supervise.adoption import adopt_all
@@ -139,7 +144,8 @@ class Daemon(Endpoints):
             await self._shutdown()
             return self.exit_code
         try:
-            await self._keep_looping()
+            if await keep_looping(self._loop, self.stop_requested, self.metrics, self.clock):
+                self.handover, self.exit_code = True, EXIT_SOFTWARE
         finally:
             await self._shutdown()
         return self.exit_code
@@ -167,42 +173,12 @@ class Daemon(Endpoints):
             tunnels=[t.name for t in cfg.tunnels],
         )
 
-    async def _keep_looping(self) -> None:
-        """Fail static, never fail drained: an unexpected error restarts the loop; if it keeps
-        failing, the daemon exits *without draining* (like a handover), so systemd restarts it
-        and the next daemon adopts the replicas, which kept serving throughout."""
-        failures: list[float] = []
-        while not self.stop_requested.is_set():
-            try:
-                await self._loop()
-            except Exception as exc:
-                now = self.clock()
-                failures = [t for t in failures if now - t < LOOP_FAILURE_WINDOW_SECONDS]
-                failures.append(now)
-                self.metrics.task_restarts.labels("loop").inc()
-                log.error(
-                    "loop_failed",
-                    error=f"{type(exc).__name__}: {exc}"[:300],
-                    failures_in_window=len(failures),
-                    exc_info=True,
-                )
-                if len(failures) >= LOOP_FAILURES_BEFORE_EXIT:
-                    log.critical(
-                        "loop_failing_repeatedly",
-                        action="exiting without draining; replicas keep serving and the next "
-                        "daemon adopts them",
-                    )
-                    self.handover = True
-                    self.exit_code = EXIT_SOFTWARE
-                    return
-                await asyncio.sleep(min(1.0, self.config.daemon.probe_interval_seconds))
-
     async def _loop(self) -> None:
         interval = self.config.daemon.probe_interval_seconds
         watchdog = self.notifier.watchdog_interval_seconds()
         last_watchdog = 0.0
         while not self.stop_requested.is_set():
-            self.tunnels.converge(on_error=self._converge_failed)
+            self.tunnels.converge(on_error=converge_failed(self.metrics))
             self.unknown_replicas = tuple(str(r.rid) for r in self.tunnels.replicas() if r.stale)
             # before anything awaits: every spawned replica is on record
             self.ledger.write(self.tunnels.replicas())
@@ -237,31 +213,21 @@ class Daemon(Endpoints):
             log.info("daemon_stopping", replicas=replicas)
         # Each step on its own: one that fails must not skip the drain or the rest.
         for feed in self.tunnels.feeds.values():
-            await _quietly("token feed", feed.aclose())
-        await _quietly("api tasks", self.api_tasks.aclose())
+            await quietly("token feed", feed.aclose())
+        await quietly("api tasks", self.api_tasks.aclose())
         if self.handover:
             self.ledger.write(self.tunnels.replicas())
             for sup in self.tunnels.sups.values():
-                await _quietly("release", sup.release_all())
+                await quietly("release", sup.release_all())
         else:
             drains = (sup.drain_all() for sup in self.tunnels.all_supervisors())
-            await _quietly("drain", asyncio.gather(*drains))
+            await quietly("drain", asyncio.gather(*drains))
             self.ledger.write(self.tunnels.replicas())
-        await _quietly("alerts", self.alerts.aclose())
-        await _quietly("web", self.web.aclose())
-        await _quietly("prober", self.prober.aclose())
+        await quietly("alerts", self.alerts.aclose())
+        await quietly("web", self.web.aclose())
+        await quietly("prober", self.prober.aclose())
         log.info("daemon_stopped")
         self.notifier.close()
-
-    def _converge_failed(self, tunnel: str, exc: Exception) -> None:
-        """One tunnel's failure never stops the others' supervision."""
-        self.metrics.task_restarts.labels("converge").inc()
-        log.error(
-            "tunnel_converge_failed",
-            tunnel=tunnel,
-            error=f"{type(exc).__name__}: {exc}"[:300],
-            exc_info=True,
-        )
 
     async def _repair_runtime_dir(self) -> None:
         """A deleted runtime_dir (tmpfiles clean-up, an operator's rm -rf) is recreated: the
@@ -314,39 +280,7 @@ class Daemon(Endpoints):
             self.notifier.send("READY=1", f"STATUS={line}")
             log.info("daemon_ready", all_tunnels_ready=all_ready)
 
-    async def reload(self) -> dict[str, Any]:
-        """Re-read the config; apply it with the least disruption, or keep the running one."""
-        from tunnelkeeper.config.load import ConfigError, load_config
 
-        now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={now_usec}")
-        try:
-            new = await asyncio.to_thread(load_config, self.config.path)
-        except ConfigError as exc:
-            problems = str(exc).splitlines()
-            log.error("reload_rejected", problems=problems, kept="the running config")
-            self.notifier.send("READY=1", "STATUS=reload rejected: invalid config, kept the old")
-            return {"error": "invalid config; the running config is kept", "problems": problems}
-        async with self._reload_lock:
-            self.config, changes = await reconfigure(self.tunnels, self.upgrader, self.config, new)
-        for feed in self.tunnels.feeds.values():
-            feed.poll_now()
-        self.notifier.send("READY=1", f"STATUS={self._status_line}")
-        log.info("config_reloaded", **changes)
-        return {"reloaded": True, **changes}
-
-
-async def _quietly(what: str, aw: Awaitable[Any]) -> None:
-    try:
-        await aw
-    except Exception as exc:
-        log.error("shutdown_step_failed", step=what, error=f"{type(exc).__name__}: {exc}"[:300])
-
-
-LOOP_FAILURE_WINDOW_SECONDS = 60.0
-LOOP_FAILURES_BEFORE_EXIT = 5
-# sysexits.h EX_SOFTWARE: an internal error; systemd restarts the daemon, which adopts.
-EXIT_SOFTWARE = 70
 # sysexits.h EX_CONFIG: the unit's RestartPreventExitStatus= stops systemd from restarting a
 # daemon that can only fail the same way again until someone fixes the config.
 EXIT_CONFIG = 78

@@ -1,21 +1,29 @@
-"""What the daemon's HTTP endpoints and control socket answer: health, readiness, status and
-rotation. A mixin of :class:`~tunnelkeeper.service.daemon.Daemon`, kept apart so the loop reads
-on its own."""
+"""What the daemon's HTTP endpoints and control socket answer: health, readiness, status,
+rotation and reload. A mixin of :class:`~tunnelkeeper.service.daemon.Daemon`, kept apart so
+the loop reads on its own."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import structlog
+
 from tunnelkeeper import __version__
 from tunnelkeeper.alerts import AlertPipeline
+from tunnelkeeper.cloudflared.upgrade import Upgrader
 from tunnelkeeper.config.model import Config
 from tunnelkeeper.service.apitasks import ApiTasks
+from tunnelkeeper.service.notify import Notifier
+from tunnelkeeper.service.reload import reconfigure
 from tunnelkeeper.service.statusview import tunnel_status
 from tunnelkeeper.service.tunnelset import TunnelSet
+
+log = structlog.get_logger("tunnelkeeper.daemon")
 
 
 class Endpoints:
@@ -28,6 +36,10 @@ class Endpoints:
     started_wall: datetime
     last_tick_at: float
     unknown_replicas: tuple[str, ...]
+    notifier: Notifier
+    upgrader: Upgrader
+    _reload_lock: asyncio.Lock
+    _status_line: str
 
     def healthz(self) -> tuple[bool, str]:
         """Read from the HTTP thread: plain fields only, set by the loop."""
@@ -74,3 +86,24 @@ class Endpoints:
             return {"error": f"no tunnel named {tunnel!r} in this daemon's config"}
         results = await asyncio.gather(*(self.tunnels.feeds[n].rotate(force) for n in names))
         return {"tunnels": list(results)}
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config; apply it with the least disruption, or keep the running one."""
+        from tunnelkeeper.config.load import ConfigError, load_config
+
+        now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={now_usec}")
+        try:
+            new = await asyncio.to_thread(load_config, self.config.path)
+        except ConfigError as exc:
+            problems = str(exc).splitlines()
+            log.error("reload_rejected", problems=problems, kept="the running config")
+            self.notifier.send("READY=1", "STATUS=reload rejected: invalid config, kept the old")
+            return {"error": "invalid config; the running config is kept", "problems": problems}
+        async with self._reload_lock:
+            self.config, changes = await reconfigure(self.tunnels, self.upgrader, self.config, new)
+        for feed in self.tunnels.feeds.values():
+            feed.poll_now()
+        self.notifier.send("READY=1", f"STATUS={self._status_line}")
+        log.info("config_reloaded", **changes)
+        return {"reloaded": True, **changes}
