@@ -265,3 +265,43 @@ def test_deleted_runtime_dir_is_repaired_and_survives_a_restart(
     assert events(nxt, "replica_adopted_for_replacement") == 2
     assert httpx.get(nxt.url + "/readyz", timeout=5).status_code == 200
     assert metric(nxt, "tunnelkeeper_tunnel_ready_replicas", tunnel="portal") == 2
+
+
+def cores_under(root: Path) -> list[Path]:
+    return [p for p in root.rglob("core*") if p.is_file()]
+
+
+def test_sigabrt_leaves_no_core_with_a_secret_and_a_second_daemon_is_refused(
+    tmp_path: Path, sim: Sim, run_daemon: Callable[..., Daemon]
+) -> None:
+    """The watchdog's SIGABRT on a daemon started with cores allowed (``ulimit -c unlimited``,
+    this kernel's core_pattern writes ``core`` into the process's directory): no core, so no
+    token on disk; the same for a replica. A second daemon on the same directories is refused
+    (exit 78, naming the directory and the holder) and changes nothing."""
+    assert Path("/proc/sys/kernel/core_pattern").read_text().strip() == "core", "test assumes it"
+    cfg = fault_config(tmp_path, sim)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    prefix = ["env", "-C", str(cwd), "prlimit", "--core=unlimited", "--"]
+    d = run_daemon(cfg, prefix=prefix)
+    before = d.wait_ready("portal", 2)
+
+    second = subprocess.run(
+        [str(Path(sys.executable).parent / "tunnelkeeper"), "run", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert second.returncode == 78
+    assert "state_dir" in second.stderr and f"pid {d.proc.pid}" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert {r["pid"] for r in d.primaries("portal")} == {r["pid"] for r in before}
+
+    os.kill(before[0]["pid"], signal.SIGABRT)  # a replica
+    os.kill(d.proc.pid, signal.SIGABRT)  # the daemon, as the watchdog would
+    assert d.proc.wait(timeout=30) == -signal.SIGABRT
+    assert cores_under(tmp_path) == []
+    # the next daemon adopts what survived and replaces the aborted replica
+    nxt = run_daemon(cfg)
+    nxt.wait_ready("portal", 2, timeout=60)
+    assert before[1]["pid"] in {r["pid"] for r in nxt.primaries("portal")}

@@ -27,6 +27,7 @@ from tunnelkeeper.logconfig import configure
 from tunnelkeeper.metrics import Metrics
 from tunnelkeeper.service.apitasks import ApiTasks
 from tunnelkeeper.service.endpoints import Endpoints
+from tunnelkeeper.service.guards import AlreadyRunning, forbid_core_dumps, lock_dirs
 from tunnelkeeper.service.httpconn import connection_cap, raise_nofile_limit
 from tunnelkeeper.service.notify import Notifier
 from tunnelkeeper.service.resilience import (
@@ -73,6 +74,7 @@ class Daemon(Endpoints):
         self._ready_sent = False
         self.handover = False
         self.exit_code = 0
+        self._locks: list[int] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
         self._status_line = ""
@@ -115,6 +117,16 @@ class Daemon(Endpoints):
                     file=sys.stderr,
                 )
                 return EXIT_CONFIG
+        try:
+            self._locks = lock_dirs(
+                [
+                    ("daemon.state_dir", cfg.daemon.state_dir),
+                    ("daemon.runtime_dir", cfg.daemon.runtime_dir),
+                ]
+            )
+        except (AlreadyRunning, OSError) as exc:
+            print(f"tunnelkeeper: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         nofile = raise_nofile_limit()
         self.web.max_connections = connection_cap(nofile, sum(t.replicas for t in cfg.tunnels))
         try:
@@ -289,6 +301,7 @@ EXIT_CONFIG = 78
 def run_command(config_path: str) -> int:
     from tunnelkeeper.config.load import ConfigError, load_config
 
+    forbid_core_dumps()  # before anything secret is read
     try:
         config = load_config(config_path)
     except ConfigError as exc:

@@ -1,0 +1,116 @@
+"""Where the daemon's CPU goes: py-spy samples a running ``tunnelkeeper run`` supervising N
+replicas (tunnels of 4, 1 s probes) in its steady state, and this prints the functions that
+hold the most samples, inclusive and self.
+
+py-spy counts only samples where a thread is running Python (``--idle`` off), so the total
+samples over the duration, divided by rate × duration, is the fraction of a core the
+interpreter spent, within sampling error.
+
+    .venv/bin/pip install py-spy
+    .venv/bin/python -m bench.profile [--replicas 100] [--seconds 30] [--rate 250]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.alternatives import tk_config
+from bench.scale import PER_TUNNEL, tunnel_names
+from tests.harness import start_daemon, start_sim
+from tests.waiting import wait_until
+
+
+def frame_name(frame: str) -> str:
+    """'Prober._exchange (tunnelkeeper/supervise/probe.py:80)' -> 'Prober._exchange probe.py'."""
+    func, _, where = frame.partition(" (")
+    return f"{func} {where.split(':')[0].rsplit('/', 1)[-1]}" if where else func
+
+
+def summarise(raw: Path, top: int) -> list[str]:
+    inclusive: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        if not line.strip():
+            continue
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        total += n
+        frames = [frame_name(f) for f in stack.split(";")]
+        for name in set(frames):
+            inclusive[name] += n
+        own[frames[-1]] += n
+    lines = [f"samples: {total}", "inclusive:"]
+    lines += [f"  {100 * v / total:5.1f}%  {k}" for k, v in inclusive.most_common(top)]
+    lines += ["self:"]
+    lines += [f"  {100 * v / total:5.1f}%  {k}" for k, v in own.most_common(top)]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--replicas", type=int, default=100)
+    ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--rate", type=int, default=250)
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--settle", type=float, default=10)
+    args = ap.parse_args(argv)
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    with tempfile.TemporaryDirectory(prefix="tk-bench-profile-") as tmp:
+        work = Path(tmp)
+        names = tunnel_names(args.replicas)
+        sim = start_sim(work / "sim", {t: "builtin" for t in names})
+        tunnels = {t: {"replicas": PER_TUNNEL, "unhealthy_after_seconds": 20} for t in names}
+        d = start_daemon(tk_config(work / "tk", sim, tunnels))
+        try:
+            wait_until(
+                lambda: all(t["ready_replicas"] == PER_TUNNEL for t in d.status()["tunnels"]),
+                timeout=300,
+                interval=1,
+                what="replicas ready",
+            )
+            time.sleep(args.settle)
+            raw = work / "profile.txt"
+            subprocess.run(
+                [
+                    spy,
+                    "record",
+                    "-p",
+                    str(d.proc.pid),
+                    "-d",
+                    str(int(args.seconds)),
+                    "-r",
+                    str(args.rate),
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(raw),
+                    "--nonblocking",
+                ],
+                check=True,
+                capture_output=True,
+            )
+            lines = summarise(raw, args.top)
+        finally:
+            d.stop(timeout=120)
+            sim.stop()
+    busy = int(lines[0].split()[1]) / (args.rate * args.seconds)
+    print(
+        f"{args.replicas} replicas, {args.seconds:g} s at {args.rate} Hz: "
+        f"~{100 * busy:.1f}% of a core in Python"
+    )
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
