@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable
 
 import psutil
@@ -51,15 +52,24 @@ def test_daemon_restart_adopts_replicas_with_zero_failed_requests(
             assert "tunnelkeeper_replica_restarts_total{" not in metrics  # nothing restarted
             served = load.results["ok"]
             wait_until(lambda: load.results["ok"] >= served + 20, timeout=10)
+            # Handover and adoption lost nothing.
+            assert load.failed == 0, load.failures[:5]
             # The adopted replicas are fully supervised: a kill is noticed and replaced.
             victim = after[0]["pid"]
+            killed_at = time.time()
             psutil.Process(victim).kill()
             wait_until(
                 lambda: victim not in {r["pid"] for r in d2.wait_ready("portal", 2)},
                 timeout=20,
                 what="adopted replica replaced",
             )
-        assert load.failed == 0, load.failures[:5]
+        # The test's own kill -9 can fail the one request in flight on the killed replica (the
+        # load sends one at a time), as the real edge would: it cannot retry a request it has
+        # already sent. Nothing else may fail.
+        assert load.failed <= 1, load.failures[:5]
+        for failure in load.failures:
+            at, _, text = failure.partition(" ")
+            assert float(at) >= killed_at and "failed mid-request" in text, failure
     finally:
         if d2 is not None:
             d2.stop()

@@ -70,6 +70,7 @@ class _Link:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # set when the edge confirms "unregister": it sends no request on this link after that
     unregistered: asyncio.Event = field(default_factory=asyncio.Event)
+    unregister_sent: bool = False
 
 
 class Backoff:
@@ -135,15 +136,31 @@ class Connector:
         self.is_draining = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_seconds
-        links = list(self._links.values())
-        for link in links:
-            await self._send(link, {"type": "unregister"})
-        pending = [asyncio.ensure_future(link.unregistered.wait()) for link in links]
-        if pending:
-            _, not_done = await asyncio.wait(pending, timeout=min(grace_seconds, 5.0))
+        confirm_by = loop.time() + min(grace_seconds, 5.0)
+        # A connection still registering when the drain began registers afterwards and is
+        # unregistered then (see _registered): keep going until every link is confirmed, or
+        # the edge could send a request on a link this process is about to close.
+        while (links := list(self._links.values())) and loop.time() < confirm_by:
+            for link in links:
+                await self._unregister(link)
+            pending = [
+                asyncio.ensure_future(link.unregistered.wait())
+                for link in links
+                if not link.unregistered.is_set()
+            ]
+            if not pending:
+                if all(link.unregistered.is_set() for link in self._links.values()):
+                    break
+                continue
+            _, not_done = await asyncio.wait(pending, timeout=max(0.0, confirm_by - loop.time()))
             for fut in not_done:
                 fut.cancel()
         await self.proxy.wait_idle(max(0.0, deadline - loop.time()))
+
+    async def _unregister(self, link: _Link) -> None:
+        if not link.unregister_sent:
+            link.unregister_sent = True
+            await self._send(link, {"type": "unregister"})
 
     async def aclose(self) -> None:
         self.is_draining = True
@@ -289,6 +306,10 @@ class Connector:
         if not self._ever_registered.is_set():
             self._ever_registered.set()
             self._on_first_registered()
+        if self.is_draining:  # registered after the drain began: leave at once
+            task = asyncio.get_running_loop().create_task(self._unregister(link))
+            self._loops.add(task)
+            task.add_done_callback(self._loops.discard)
         return link
 
     def _forget(self, index: int) -> None:
