@@ -52,17 +52,28 @@ def wants(sink: SinkConfig, n: Notification) -> bool:
 async def post(
     client: httpx.AsyncClient, sink: SinkConfig, batch: Sequence[Notification]
 ) -> tuple[Outcome, str, float | None]:
-    """One attempt: (outcome, secret-free description, Retry-After seconds or None)."""
+    """One attempt: (outcome, secret-free description, Retry-After seconds or None).
+
+    The whole attempt — connect, send, response headers and the body snippet — must finish
+    within the sink's ``timeout_seconds`` (httpx's timeouts are per operation: a receiver
+    trickling a byte every few seconds would otherwise hold the sink for good)."""
     try:
         request = build_request(sink, batch, datetime.now(UTC))
-        async with client.stream(
-            "POST", request.url, content=request.body, headers=dict(request.headers)
-        ) as response:
-            snippet = b""
-            async for chunk in response.aiter_bytes():
-                snippet += chunk
-                if len(snippet) >= _SNIPPET_BYTES:
-                    break
+        async with asyncio.timeout(sink.timeout_seconds):
+            async with client.stream(
+                "POST", request.url, content=request.body, headers=dict(request.headers)
+            ) as response:
+                snippet = b""
+                async for chunk in response.aiter_bytes():
+                    snippet += chunk
+                    if len(snippet) >= _SNIPPET_BYTES:
+                        break
+    except TimeoutError:
+        return (
+            Outcome.TRANSIENT,
+            f"no complete response within timeout_seconds ({sink.timeout_seconds:g} s)",
+            None,
+        )
     except (SinkError, httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
         # ValueError covers header values httpx cannot encode; all are config problems that a
         # fixed file or URL cures, so they are retried rather than given up
@@ -145,6 +156,8 @@ class _SinkWorker:
             log.error("alert_delivery_given_up", reason=text, **fields)
         else:
             self._failures += 1
+            if retry_after is not None:
+                retry_after = min(retry_after, self.d.max_retry_after_seconds)
             delay = next_delay_seconds(
                 self._failures, retry_after, self.d.rng, self.d.backoff_base, self.d.backoff_cap
             )
@@ -202,6 +215,7 @@ class Dispatcher:
         rng: random.Random | None = None,
         backoff_base_seconds: float = BACKOFF_BASE_SECONDS,
         backoff_cap_seconds: float = BACKOFF_CAP_SECONDS,
+        max_retry_after_seconds: float = 300.0,
         resend_interval_seconds: float = RESEND_INTERVAL_SECONDS,
         resolved_resend_seconds: float = RESOLVED_WINDOW_SECONDS,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -213,6 +227,7 @@ class Dispatcher:
         self.rng = rng or random.Random()
         self.backoff_base = backoff_base_seconds
         self.backoff_cap = backoff_cap_seconds
+        self.max_retry_after_seconds = max_retry_after_seconds
         self.resend_interval_seconds = resend_interval_seconds
         self.resolved_window = resolved_resend_seconds
         self.transport = transport

@@ -69,7 +69,14 @@ class AlertPipeline:
         if restored:
             log.info("alerts_restored", firing=restored)
         self._dispatcher = Dispatcher(
-            outbox, self.config.sinks, self.metrics, self.clock, **self._dispatcher_options
+            outbox,
+            self.config.sinks,
+            self.metrics,
+            self.clock,
+            **{
+                "max_retry_after_seconds": self.config.max_retry_after_seconds,
+                **self._dispatcher_options,
+            },
         )
         await self._dispatcher.start()
         self._update_gauge()

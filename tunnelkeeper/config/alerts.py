@@ -32,6 +32,9 @@ def read_alerts(top: Section) -> AlertsConfig:
         resolve_hold_seconds=a.number(
             "resolve_hold_seconds", AlertsConfig.resolve_hold_seconds, ge=0
         ),
+        max_retry_after_seconds=a.number(
+            "max_retry_after_seconds", AlertsConfig.max_retry_after_seconds, ge=0
+        ),
         overrides=_read_overrides(a),
         sinks=_read_sinks(a),
     )

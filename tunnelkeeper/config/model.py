@@ -169,6 +169,9 @@ class AlertsConfig:
     for_seconds: float = 5.0
     # a firing alert resolves once its condition has been clear this long (flap damping)
     resolve_hold_seconds: float = 30.0
+    # a receiver's Retry-After is honoured up to this long, never more (a misconfigured one
+    # must not park a sink for an hour)
+    max_retry_after_seconds: float = 300.0
     overrides: Mapping[str, AlertOverride] = field(default_factory=dict)
     sinks: tuple[SinkConfig, ...] = ()
 
