@@ -113,3 +113,59 @@ def test_token_for_another_tunnel_is_refused_before_any_replica_uses_it(
     assert metric(d, "tunnelkeeper_token_rotations_total") == 0
     assert not sim.live_connector_ids("admin")
     assert "refused" in d.output()
+    # The source holds an unusable token: that is visible and pages (the replicas run on a
+    # token the next secret refresh revokes) ...
+    assert metric(d, "tunnelkeeper_tunnel_token_valid", tunnel="portal") == 0
+    wait_until(
+        lambda: "TokenSourceUnavailable/portal" in d.status()["alerts_firing"],
+        timeout=15,
+        what="TokenSourceUnavailable firing",
+    )
+    # ... until the source holds a good one again, and nothing is left "in progress".
+    write_atomically(token_file, sim.token("portal") + "\n")
+    wait_until(
+        lambda: (
+            metric(d, "tunnelkeeper_tunnel_token_valid", tunnel="portal") == 1
+            and d.tunnel("portal")["token"]["error"] is None
+            and d.tunnel("portal")["token"]["rotation_in_progress"] is False
+        ),
+        timeout=10,
+        what="token valid again",
+    )
+
+
+def test_a_roll_called_off_by_the_source_reverting_ends_at_once(
+    tmp_path: Path, sim: Sim, run_daemon: RunDaemon
+) -> None:
+    """The source briefly holds a new (here: never-ready) token, then reverts: the successor
+    started for it drains at once, nothing counts as a failed rotation, and the status stops
+    saying a rotation is in progress — long before ready_timeout would have ended it."""
+    token_file = tmp_path / "portal.token"
+    good = sim.token("portal")
+    write_atomically(token_file, good + "\n")
+    cfg = tuned_config(
+        tmp_path,
+        sim,
+        f'{{ source = "file", path = "{token_file}", poll_seconds = 0.5 }}',
+        ready_timeout_seconds=60,
+    )
+    d = run_daemon(cfg)
+    before = d.wait_ready("portal", 2)
+    write_atomically(token_file, wrong_secret_token(sim, "portal") + "\n")
+    wait_until(
+        lambda: any(r["role"] == "successor" for r in d.tunnel("portal")["replicas"]),
+        timeout=10,
+        what="a successor on the new token",
+    )
+    assert d.tunnel("portal")["token"]["rotation_in_progress"] is True
+    write_atomically(token_file, good + "\n")
+    wait_until(
+        lambda: (
+            (t := d.tunnel("portal"))["token"]["rotation_in_progress"] is False
+            and not any(r["role"] == "successor" for r in t["replicas"])
+        ),
+        timeout=15,
+        what="the roll called off",
+    )
+    assert {r["pid"] for r in d.primaries("portal")} == {r["pid"] for r in before}
+    assert metric(d, "tunnelkeeper_token_rotations_total", result="failed") == 0

@@ -158,3 +158,19 @@ def test_scale_down_drains_extra_slots() -> None:
 def test_primary_gone_promotes_its_successor() -> None:
     succ = rep(0, role=Role.SUCCESSOR, conns=0, ready_at=None, started_at=5, gen=2)
     assert decide(plan(1), [succ], T, now=6).actions == (Promote(succ.key, "replaced_exited"),)
+
+
+def test_a_successor_of_a_called_off_roll_drains_at_once() -> None:
+    """The source reverted while a successor on the new token was starting: the primary is on
+    the target again, so the successor goes (no waiting for ready_timeout, no failed roll)."""
+    primary = rep(0, spec=SPEC)
+    successor = rep(0, role=Role.SUCCESSOR, spec="new:0", gen=2, conns=0, ready_at=None)
+    d = decide(plan(1), [primary, successor], T, now=5)
+    assert d.actions == (Drain(successor.key, "superseded"),)
+
+
+def test_a_successor_replacing_a_primary_on_an_old_spec_is_kept() -> None:
+    primary = rep(0, spec="old:0", conns=0, zero_since=0.0)
+    successor = rep(0, role=Role.SUCCESSOR, spec="other:0", gen=2, conns=0, ready_at=None)
+    d = decide(plan(1), [primary, successor], T, now=5)
+    assert not any(isinstance(a, Drain) for a in d.actions)

@@ -59,7 +59,12 @@ class TokenFeed:
 
     @property
     def unavailable(self) -> bool:
-        return self.watcher is not None and self.watcher.unavailable
+        """The source gives no usable token: failing for long enough, or what it holds now was
+        refused (malformed, or for another tunnel). Either pages TokenSourceUnavailable: the
+        replicas run on the last good token, which the next secret refresh will revoke."""
+        if self.watcher is None:
+            return False
+        return self.watcher.unavailable or self.watcher.refused is not None
 
     async def start(self) -> None:
         """Open the source and read it once, so a tunnel with a good token starts at once."""
@@ -110,10 +115,11 @@ class TokenFeed:
         if isinstance(event, New):
             token = event.version.token
             SECRETS.add(token.reveal())
-            self.sup.token_error = None
+            self.sup.token_error, self.sup.token_refused = None, False
             self._log.info("token_read", token=token.fingerprint, version=event.version.version)
             self.sup.set_token(token)
         elif isinstance(event, Refused):
+            self.sup.token_refused = True
             self.sup.token_error = f"refused version {event.version}: {event.reason}"
             self.metrics.token_source_errors.labels(name, "refused").inc()
             self._log.error("token_refused", version=event.version, reason=event.reason)
@@ -126,7 +132,7 @@ class TokenFeed:
                 )
         elif isinstance(event, Unchanged) and self.watcher is not None:
             if self.watcher.refused is None and self.watcher.failing_since is None:
-                self.sup.token_error = None
+                self.sup.token_error, self.sup.token_refused = None, False
 
     async def rotate(self, force: bool) -> dict[str, Any]:
         """Re-read the source now and wait until replicas run the result (or it fails)."""

@@ -44,6 +44,7 @@ class Observation:
     replicas: dict[str, Replica]
     slots: list[SlotState]
     proven: TunnelToken | None
+    token_refused: bool
     _log: structlog.typing.FilteringBoundLogger
 
     if TYPE_CHECKING:  # provided by TunnelSupervisor and Rollout
@@ -160,7 +161,8 @@ class Observation:
             for p in Phase:
                 m.replica_state.labels(name, str(slot), p.value).set(1 if p is phase else 0)
         m.tunnel_ready_replicas.labels(name).set(ready)
-        m.tunnel_token_valid.labels(name).set(1 if self.target_token() else 0)
+        valid = self.target_token() is not None and not self.token_refused
+        m.tunnel_token_valid.labels(name).set(1 if valid else 0)
 
     def _export_usage(self, r: Replica) -> None:
         """CPU and memory of a primary replica's process (psutil), every metrics interval."""

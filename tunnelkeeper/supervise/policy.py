@@ -198,7 +198,14 @@ def decide(plan: TunnelPlan, replicas: Sequence[Observed], t: Timing, now: float
                 actions.append(Spawn(slot, Role.PRIMARY, why))
             continue
         if successor is not None:
-            if is_gate_ready(successor, t):
+            superseded = (
+                plan.token_fingerprint is not None
+                and successor.token_fingerprint != plan.token_fingerprint
+                and primary.token_fingerprint == plan.token_fingerprint
+            )
+            if superseded:  # the roll it was for was called off (the source reverted)
+                actions.append(Drain(successor.key, "superseded"))
+            elif is_gate_ready(successor, t):
                 actions.append(Promote(successor.key, "successor_ready"))
             elif now - successor.started_at >= t.ready_timeout_seconds:
                 actions.append(Abandon(successor.key, "not_ready_in_time"))

@@ -81,6 +81,10 @@ class Rollout:
             return
         primaries = [r for r in self.replicas.values() if r.role is Role.PRIMARY]
         behind = [r for r in primaries if r.spec_id != spec]
+        if self.rotation_target not in (None, spec) and self.rollout_state() == "done":
+            # the target moved back (the source reverted) before the roll got anywhere
+            self._log.info("roll_superseded", token=token.fingerprint)
+            self.rotation_target = None
         if behind and self.rotation_target != spec and all(r.ready_at for r in primaries):
             self.rotation_target = spec
             self._log.info(

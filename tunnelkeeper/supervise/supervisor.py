@@ -76,6 +76,7 @@ class TunnelSupervisor(Observation, Rollout):
         self.hold_reason: str | None = None
         self.token_source_description = ""
         self.token_error: str | None = None  # why the source has no usable (new) token
+        self.token_refused = False  # what the source holds now was refused
         self._tasks: set[asyncio.Task[None]] = set()
         self._log = log.bind(tunnel=cfg.name)
         metrics.tunnel_desired_replicas.labels(cfg.name).set(cfg.replicas)
