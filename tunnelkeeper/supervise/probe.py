@@ -16,7 +16,9 @@ import h11
 from prometheus_client.parser import text_string_to_metric_families
 
 MAX_BODY_BYTES = 64 * 1024
-MAX_METRICS_CHARS = 2 * 1024 * 1024
+# cloudflared's /metrics is ~50 KB and build_info sorts near its top; a replica serving more
+# must not make the daemon hold (and parse) megabytes every metrics interval
+MAX_METRICS_CHARS = 512 * 1024
 _VERSION = re.compile(r"[0-9A-Za-z.+-]{1,40}")
 
 
@@ -59,8 +61,14 @@ def parse_build_version(text: str) -> str | None:
     """The cloudflared version from a /metrics exposition's build_info, if present."""
     if len(text) > MAX_METRICS_CHARS:
         return None
+    # only build_info's lines go to the parser: the rest is never needed
+    lines = [
+        line
+        for line in text.splitlines()
+        if line.startswith(("build_info", "# HELP build_info ", "# TYPE build_info "))
+    ]
     try:
-        for family in text_string_to_metric_families(text):
+        for family in text_string_to_metric_families("\n".join(lines) + "\n"):
             if family.name != "build_info":
                 continue
             for sample in family.samples:
