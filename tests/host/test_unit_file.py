@@ -192,3 +192,18 @@ def test_sysusers_and_tmpfiles_snippets_apply(tmp_path: Path) -> None:
     assert (state.st_uid, state.st_mode & 0o777) == (uid, 0o700)
     etc = (root / "etc/tunnelkeeper").stat()
     assert (etc.st_uid, etc.st_mode & 0o777) == (0, 0o750)
+
+
+def test_the_replica_users_drop_in_is_clean_and_its_price_is_known(tmp_path: Path) -> None:
+    """systemd/replica-users.conf merged into the unit (as systemd merges a drop-in): verify is
+    clean, and the exposure is the one systemd/README.md states."""
+    unit = local_copy(tmp_path)
+    drop_in = (UNIT.parent / "replica-users.conf").read_text().split("[Service]\n", 1)[1]
+    text = unit.read_text()
+    for key in ("CapabilityBoundingSet", "AmbientCapabilities", "ProtectProc"):
+        text = re.sub(rf"^{key}=.*\n", "", text, flags=re.M)
+    text = re.sub(r"^SystemCallFilter=.*\n", "", text, flags=re.M)
+    unit.write_text(text.replace("[Install]", drop_in + "\n[Install]"))
+    done = analyze("verify", str(unit))
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert exposure(unit) <= 2.5

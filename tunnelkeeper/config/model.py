@@ -29,6 +29,12 @@ class DaemonConfig:
     crash_loop_window_seconds: float = 120.0
     log_format: str = "json"  # json | console
     log_level: str = "info"  # debug | info | warning | error
+    # "per-tunnel": each tunnel's replicas run as a uid/gid of their own (replica_uid_base + a
+    # stable offset), able to read only their own token file; needs root or CAP_SETUID,
+    # CAP_SETGID, CAP_CHOWN and CAP_KILL. "auto": per-tunnel when the daemon can, else the
+    # daemon's own user (said once at start). "off": always the daemon's own user.
+    replica_users: str = "auto"
+    replica_uid_base: int = 2_000_000_000
 
     @property
     def listen_host(self) -> str:

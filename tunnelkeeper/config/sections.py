@@ -64,6 +64,12 @@ def read_daemon(top: Section) -> DaemonConfig:
         ),
         log_format=d.choice("log_format", DaemonConfig.log_format, LOG_FORMATS),
         log_level=d.choice("log_level", DaemonConfig.log_level, LOG_LEVELS),
+        replica_users=d.choice(
+            "replica_users", DaemonConfig.replica_users, ("auto", "per-tunnel", "off")
+        ),
+        replica_uid_base=d.integer(
+            "replica_uid_base", DaemonConfig.replica_uid_base, ge=1000, le=4_000_000_000
+        ),
     )
     d.finish()
     return config

@@ -177,6 +177,22 @@ class Daemon(Endpoints):
         await self.api_tasks.start()
         for feed in self.tunnels.feeds.values():
             await feed.start()
+        problem = self.tunnels.separation_problem
+        if self.tunnels.separated:
+            log.log(
+                40 if problem else 20,
+                "replica_users",
+                mode="per-tunnel",
+                uid_base=cfg.daemon.replica_uid_base,
+                problem=problem,
+            )
+        elif cfg.daemon.replica_users == "auto":
+            log.warning(
+                "replica_users",
+                mode="the daemon's own user: every replica can read every tunnel's token",
+                key="daemon.replica_users",
+                reason=problem,
+            )
         log.info(
             "daemon_started",
             version=__version__,

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from tunnelkeeper.config.model import CloudflaredConfig, DaemonConfig, TunnelConfig
 from tunnelkeeper.metrics import Metrics
 from tunnelkeeper.service.tokenfeed import TokenFeed
+from tunnelkeeper.supervise.identity import identities, separation_enabled
 from tunnelkeeper.supervise.ports import PortAllocator
 from tunnelkeeper.supervise.probe import Prober
 from tunnelkeeper.supervise.records import Replica
@@ -40,6 +41,9 @@ class TunnelSet:
         self.sups: dict[str, TunnelSupervisor] = {}
         self.feeds: dict[str, TokenFeed] = {}
         self.retiring: list[TunnelSupervisor] = []  # removed by a reload, draining
+        self.separated, self.separation_problem = separation_enabled(
+            daemon.replica_users, cloudflared.path, daemon.runtime_dir
+        )
 
     def add(self, t: TunnelConfig) -> TunnelSupervisor:
         sup = TunnelSupervisor(
@@ -52,6 +56,9 @@ class TunnelSet:
             wake=self.wake,
             clock=self.clock,
         )
+        if self.separated:
+            names = {*self.sups, t.name}
+            sup.run_as = identities(names, self.daemon.replica_uid_base)[t.name]
         self.sups[t.name] = sup
         self.feeds[t.name] = TokenFeed(t, sup, self.metrics, clock=self.clock)
         return sup

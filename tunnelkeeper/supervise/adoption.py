@@ -24,6 +24,7 @@ import psutil
 import structlog
 
 from tunnelkeeper.errors import InvalidTokenError
+from tunnelkeeper.supervise.identity import RunAs
 from tunnelkeeper.supervise.ledger import (
     LedgerEntry,
     find_process,
@@ -72,6 +73,7 @@ def adopt_one(sup: TunnelSupervisor, entry: LedgerEntry, create_time: float) -> 
         ),
         metrics_port=entry.metrics_port,
         runtime_dir=sup.daemon.runtime_dir,
+        run_as=_runs_as(entry.pid),
     )
     proc = ReplicaProcess(rid, spec, token, sup.on_exit)
     proc.adopt(entry.pid, create_time)
@@ -86,6 +88,17 @@ def adopt_one(sup: TunnelSupervisor, entry: LedgerEntry, create_time: float) -> 
         epoch=sup.epoch,
     )
     sup.take(replica)
+
+
+def _runs_as(pid: int) -> RunAs | None:
+    """Who the process runs as, if not the daemon's own user (then it is rolled to the
+    configured identity like any other spec change)."""
+    try:
+        p = psutil.Process(pid)
+        uid, gid = p.uids().real, p.gids().real
+    except psutil.Error:
+        return None
+    return None if uid == os.getuid() else RunAs(uid, gid)
 
 
 def adopt_all(

@@ -12,9 +12,15 @@ from tunnelkeeper.supervise.policy import Observed, Role
 from tunnelkeeper.supervise.replica import ReplicaId, ReplicaProcess
 
 
-def spec_id(token_fingerprint: str, epoch: int, binary: Path, args: tuple[str, ...]) -> str:
+def spec_id(
+    token_fingerprint: str,
+    epoch: int,
+    binary: Path,
+    args: tuple[str, ...],
+    run_as_uid: int | None = None,
+) -> str:
     args_id = hashlib.sha256("\0".join(args).encode()).hexdigest()[:8]
-    return f"{token_fingerprint}:{epoch}:{binary}:{args_id}"
+    return f"{token_fingerprint}:{epoch}:{binary}:{args_id}:{run_as_uid or ''}"
 
 
 @dataclass
@@ -58,6 +64,7 @@ class Replica:
             self.epoch,
             self.proc.spec.binary,
             self.proc.spec.extra_args,
+            self.proc.spec.run_as.uid if self.proc.spec.run_as else None,
         )
 
     def observed(self) -> Observed:

@@ -23,6 +23,7 @@ import structlog
 
 from tunnelkeeper.atomicfile import write_private_file
 from tunnelkeeper.supervise.childlog import FloodGate, RecentErrors, flood_key, parse_line
+from tunnelkeeper.supervise.identity import RunAs
 from tunnelkeeper.supervise.logtail import LogTail, open_for_child
 from tunnelkeeper.tunneltoken import TunnelToken
 
@@ -51,6 +52,7 @@ class SpawnSpec:
     grace_period_seconds: float
     metrics_port: int
     runtime_dir: Path
+    run_as: RunAs | None = None  # None: the daemon's own user
 
 
 def child_env() -> dict[str, str]:
@@ -83,18 +85,24 @@ def build_argv(spec: SpawnSpec, token_file: Path, config_file: Path) -> list[str
     ]
 
 
-def ensure_runtime_dir(runtime_dir: Path) -> Path:
-    """runtime_dir/replicas (0700) plus the cloudflared config file we own (so no stray
-    /etc/cloudflared/config.yml is ever picked up)."""
+def ensure_runtime_dir(runtime_dir: Path, *, separated: bool = False) -> Path:
+    """runtime_dir/replicas plus the cloudflared config file we own (so no stray
+    /etc/cloudflared/config.yml is ever picked up). With replicas running as other users, both
+    directories are 0711 — a replica may open its own token file by name, but list nothing —
+    and the config file is world-readable (it holds no secret); else 0700."""
     tokens = runtime_dir / "replicas"
     tokens.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(tokens, 0o700)
+    mode = 0o711 if separated else 0o700
+    os.chmod(tokens, mode)
+    if separated:
+        os.chmod(runtime_dir, mode)
     cfg = runtime_dir / "cloudflared.yml"
     if not cfg.exists():
         cfg.write_text(
             "# written by tunnelkeeper; every setting comes from the command line\n"
             "no-autoupdate: true\n"
         )
+    os.chmod(cfg, 0o644)
     return tokens
 
 
@@ -131,7 +139,7 @@ class ReplicaProcess:
         self._tasks: list[asyncio.Task[None]] = []
         self._gate = FloodGate()
         self._log = log.bind(tunnel=rid.tunnel, slot=rid.slot, generation=rid.generation)
-        replicas_dir = ensure_runtime_dir(spec.runtime_dir)
+        replicas_dir = ensure_runtime_dir(spec.runtime_dir, separated=spec.run_as is not None)
         stem = f"{rid.tunnel}.{rid.slot}.{rid.generation}"
         self.token_file = replicas_dir / f"{stem}.token"
         self.log_file = replicas_dir / f"{stem}.log"
@@ -139,6 +147,10 @@ class ReplicaProcess:
 
     def start(self) -> None:
         write_private_file(self.token_file, self.token.reveal())
+        run_as = self.spec.run_as
+        if run_as is not None:  # its own token, readable by it alone
+            os.chown(self.token_file, run_as.uid, run_as.gid)
+            os.chmod(self.token_file, 0o400)
         argv = build_argv(self.spec, self.token_file, self.spec.runtime_dir / "cloudflared.yml")
         stderr = open_for_child(self.log_file)
         try:
@@ -152,6 +164,9 @@ class ReplicaProcess:
                 # outlives us if we die, to be adopted by the next daemon.
                 start_new_session=True,
                 cwd=str(self.spec.runtime_dir),
+                user=run_as.uid if run_as is not None else None,
+                group=run_as.gid if run_as is not None else None,
+                extra_groups=[] if run_as is not None else None,
             )
         except OSError:
             self._remove_files()

@@ -14,6 +14,7 @@ import structlog
 
 from tunnelkeeper.config.model import CloudflaredConfig, TunnelConfig
 from tunnelkeeper.metrics import Metrics
+from tunnelkeeper.supervise.identity import RunAs
 from tunnelkeeper.supervise.policy import Role
 from tunnelkeeper.supervise.records import Replica, SlotState, spec_id
 from tunnelkeeper.tunneltoken import TunnelToken
@@ -34,6 +35,7 @@ class Rollout:
     epoch: int
     rollout_failures: int
     binary: Path
+    run_as: RunAs | None
     on_upgrade_failed: Callable[[Path], None] | None
     _log: structlog.typing.FilteringBoundLogger
 
@@ -43,7 +45,8 @@ class Rollout:
     def spec_for(self, token: TunnelToken | None) -> str | None:
         if token is None:
             return None
-        return spec_id(token.fingerprint, self.epoch, self.binary, self.cloudflared.args)
+        uid = self.run_as.uid if self.run_as is not None else None
+        return spec_id(token.fingerprint, self.epoch, self.binary, self.cloudflared.args, uid)
 
     def roll_reason(self, slot: int, token: TunnelToken) -> str:
         """Why a slot's primary is being replaced by a roll: "upgrade" when only the binary

@@ -20,6 +20,7 @@ import structlog
 from tunnelkeeper.config.model import CloudflaredConfig, DaemonConfig, TunnelConfig
 from tunnelkeeper.metrics import Metrics
 from tunnelkeeper.supervise import policy
+from tunnelkeeper.supervise.identity import RunAs
 from tunnelkeeper.supervise.observe import Observation
 from tunnelkeeper.supervise.policy import Abandon, Drain, Promote, Role, Spawn
 from tunnelkeeper.supervise.ports import PortAllocator
@@ -69,6 +70,7 @@ class TunnelSupervisor(Observation, Rollout):
         self.epoch = 0
         self.rollout_failures = 0
         self.binary: Path = cloudflared.path  # what new replicas run (see upgrade)
+        self.run_as: RunAs | None = None  # who new replicas run as (see identity)
         self.on_upgrade_failed: Callable[[Path], None] | None = None
         self.storm_backoff_until = 0.0
         self.storm_attempts = 0
@@ -221,6 +223,7 @@ class TunnelSupervisor(Observation, Rollout):
             grace_period_seconds=self.cfg.grace_period_seconds,
             metrics_port=port,
             runtime_dir=self.daemon.runtime_dir,
+            run_as=self.run_as,
         )
         proc = ReplicaProcess(rid, spec, token, self.on_exit)
         replica = Replica(rid, proc, role, reason, now, datetime.now(UTC), epoch=self.epoch)
