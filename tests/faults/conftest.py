@@ -11,52 +11,19 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from tests.alerts.conftest import receivers  # noqa: F401 - shared fixture
 from tests.alerts.receiver import Receiver
-from tests.faults.backends import Bao, Server, moto_server, openbao
-from tests.harness import (
-    Daemon,
-    Sim,
-    daemon_config,
-    start_daemon,
-    start_sim,
-)
-from tests.origin import Origin
+from tests.harness import Daemon, Sim, daemon_config
+from tests.servers import Bao, Server, moto_server, openbao
 
 # --- the simulator and the daemon ---------------------------------------------------------------
-
-
-@pytest.fixture
-def origin() -> Iterator[Origin]:
-    with Origin() as o:
-        yield o
-
-
-@pytest.fixture
-def make_sim(tmp_path: Path, origin: Origin) -> Iterator[Callable[..., Sim]]:
-    started: list[Sim] = []
-
-    def start(*tunnels: str) -> Sim:
-        s = start_sim(tmp_path / "sim", {t: origin.url for t in (tunnels or ("portal",))})
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
-
-
-@pytest.fixture
-def sim(make_sim: Callable[..., Sim]) -> Sim:
-    return make_sim("portal")
 
 
 def fault_config(
@@ -74,33 +41,6 @@ def fault_config(
     )
     cfg.write_text(text)
     return cfg
-
-
-@pytest.fixture
-def run_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """start(config, env=None, prefix=None) -> a running daemon; stopped after the test, and
-    no replica may outlive it."""
-    started: list[Daemon] = []
-
-    def start(
-        config: Path, env: dict[str, str] | None = None, prefix: list[str] | None = None
-    ) -> Daemon:
-        d = start_daemon(config, env=env, prefix=prefix)
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        d.stop()
-    leftovers = [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if any(str(tmp_path) in part for part in (p.info["cmdline"] or []))
-        and "cloudflared" in " ".join(p.info["cmdline"] or [])
-    ]
-    for p in leftovers:
-        p.kill()
-    assert not leftovers, f"replicas left behind: {[p.pid for p in leftovers]}"
 
 
 # --- reading what a user sees -------------------------------------------------------------------

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests.alerts.receiver import Receiver
-from tests.faults.backends import AWS_ENV, Bao, Server, secrets_manager
 from tests.faults.conftest import alerts_named, alerts_toml, fault_config, metric, webhook_sink
 from tests.harness import TUNNELKEEPER, Daemon, Load, Sim
+from tests.servers import AWS_ENV, Bao, Server, secrets_manager
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.system

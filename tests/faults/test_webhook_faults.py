@@ -9,6 +9,7 @@ the same webhook-id on every attempt. Nothing is lost and the outbox drains.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,6 +60,7 @@ def test_slow_throttling_and_failing_receivers_delay_only_themselves(
     victim = d.wait_ready("portal", 2)[1]
     with Load(sim, "portal", rate_per_second=20) as load:
         wait_until(lambda: load.results["ok"] >= 10, timeout=10, what="load flowing")
+        partitioned_at = time.time()
         sim.fault("partition", connector_id=victim["connector_id"])
         # Detection and replacement go on while the slow receiver holds its first request.
         wait_until(
@@ -92,7 +94,11 @@ def test_slow_throttling_and_failing_receivers_delay_only_themselves(
             timeout=30,
             what="outbox drained",
         )
-    assert load.failed == 0, load.failures[:5]
+    # Cutting the victim's connections loses the one request in flight on them, if any (the
+    # load sends one at a time), as a real network cut would; nothing else may fail.
+    assert load.failed <= 1, load.failures[:5]
+    for failure in load.failures:
+        assert partitioned_at <= float(failure.split()[0]) <= partitioned_at + 10, failure
     # Retries carry the same webhook-id: the first page was tried more than once on each bad
     # receiver, and only ever under its own id.
     first = expected[0]

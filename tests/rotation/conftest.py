@@ -1,8 +1,5 @@
-"""Fixtures for the rotation system tests: the simulator, `tunnelkeeper run`, OpenBao, moto.
-
-Every process is started here and stopped by its pid in a finalizer; no cloudflared-sim replica
-may outlive the test.
-"""
+"""Helpers for the rotation system tests; the simulator, `tunnelkeeper run`, OpenBao and moto
+come from tests/servers.py (no cloudflared-sim replica may outlive its test)."""
 
 from __future__ import annotations
 
@@ -10,30 +7,18 @@ import base64
 import os
 import re
 import secrets
-import subprocess
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
-from tests.harness import VENV_BIN, Daemon, Load, Sim, daemon_config, start_daemon, start_sim
-from tests.origin import Origin
-from tests.waiting import free_port, wait_until
+from tests.harness import Daemon, Load, Sim, daemon_config
+from tests.servers import AWS_ENV, AppRole, Bao, make_approle, secrets_manager  # noqa: F401
 from tunnelkeeper.tunneltoken import TunnelToken
 
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-    "AWS_CONFIG_FILE": "/nonexistent/aws-config",
-    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
-}
 LOAD_RATE = 120.0
 
 
@@ -87,31 +72,6 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-@pytest.fixture
-def origin() -> Iterator[Origin]:
-    with Origin() as o:
-        yield o
-
-
-@pytest.fixture
-def make_sim(tmp_path: Path, origin: Origin) -> Iterator[Callable[..., Sim]]:
-    started: list[Sim] = []
-
-    def start(*tunnels: str) -> Sim:
-        s = start_sim(tmp_path / "sim", {t: origin.url for t in (tunnels or ("portal",))})
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
-
-
-@pytest.fixture
-def sim(make_sim: Callable[..., Sim]) -> Sim:
-    return make_sim("portal")
-
-
 # --- the daemon ---------------------------------------------------------------------------------
 
 
@@ -131,29 +91,6 @@ def tuned_config(
     )
     cfg.write_text(text)
     return cfg
-
-
-@pytest.fixture
-def run_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    started: list[Daemon] = []
-
-    def start(config: Path, env: dict[str, str] | None = None) -> Daemon:
-        d = start_daemon(config, env=env)
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        d.stop()
-    leftovers = [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if any(str(tmp_path) in part for part in (p.info["cmdline"] or []))
-        and "cloudflared-sim" in " ".join(p.info["cmdline"] or [])
-    ]
-    for p in leftovers:
-        p.kill()
-    assert not leftovers, f"replicas left behind: {[p.pid for p in leftovers]}"
 
 
 def metric(d: Daemon, name: str, **labels: str) -> float:
@@ -226,138 +163,3 @@ def report(request: pytest.FixtureRequest, load: TimedLoad) -> None:
     if out:
         with open(out, "a") as f:
             f.write(line + "\n")
-
-
-# --- OpenBao --------------------------------------------------------------------------------------
-
-
-@dataclass
-class Bao:
-    addr: str
-    root_token: str
-
-    def api(self, method: str, path: str, body: Any = None) -> Any:
-        with httpx.Client(base_url=self.addr, trust_env=False, timeout=10) as client:
-            resp = client.request(
-                method, f"/v1/{path}", json=body, headers={"X-Vault-Token": self.root_token}
-            )
-        assert resp.status_code < 300, (method, path, resp.status_code, resp.text[:200])
-        return resp.json() if resp.content else None
-
-    def put(self, path: str, data: dict[str, Any]) -> int:
-        return int(self.api("POST", f"secret/data/{path}", {"data": data})["data"]["version"])
-
-    def get(self, path: str) -> tuple[int, dict[str, Any]]:
-        data = self.api("GET", f"secret/data/{path}")["data"]
-        return int(data["metadata"]["version"]), data["data"]
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, trust_env=False, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
-    home = tmp_path_factory.mktemp("bao")
-    port = free_port()
-    root = secrets.token_hex(16)
-    addr = f"http://127.0.0.1:{port}"
-    with open(home / "server.log", "wb") as log:  # the dev log prints the root token
-        proc = subprocess.Popen(
-            [
-                str(VENV_BIN / "bao"),
-                "server",
-                "-dev",
-                f"-dev-listen-address=127.0.0.1:{port}",
-                f"-dev-root-token-id={root}",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=home,
-            env={"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-        )
-    try:
-        wait_until(lambda: proc.poll() is not None or _answers(f"{addr}/v1/sys/health"), timeout=30)
-        assert proc.poll() is None, (home / "server.log").read_text()[-2000:]
-        yield Bao(addr, root)
-    finally:
-        _stop(proc)
-
-
-@dataclass
-class AppRole:
-    role_id_file: Path
-    secret_id_file: Path
-
-
-def make_approle(bao: Bao, directory: Path, name: str, capabilities: list[str]) -> AppRole:
-    """An AppRole whose policy grants ``capabilities`` on secret/tk/* (data and metadata)."""
-    caps = ", ".join(f'"{c}"' for c in capabilities)
-    policy = f'path "secret/data/tk/*" {{ capabilities = [{caps}] }}\n'
-    policy += 'path "secret/metadata/tk/*" { capabilities = ["read"] }\n'
-    bao.api("PUT", f"sys/policies/acl/{name}", {"policy": policy})
-    if "approle/" not in bao.api("GET", "sys/auth")["data"]:
-        bao.api("POST", "sys/auth/approle", {"type": "approle"})
-    bao.api(
-        "POST",
-        f"auth/approle/role/{name}",
-        {"token_policies": [name], "token_ttl": "1h", "secret_id_ttl": "1h"},
-    )
-    role_id = bao.api("GET", f"auth/approle/role/{name}/role-id")["data"]["role_id"]
-    secret_id = bao.api("POST", f"auth/approle/role/{name}/secret-id", {})["data"]["secret_id"]
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{name}.role_id").write_text(role_id + "\n")
-    (directory / f"{name}.secret_id").write_text(secret_id + "\n")
-    return AppRole(directory / f"{name}.role_id", directory / f"{name}.secret_id")
-
-
-# --- moto -----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    home = tmp_path_factory.mktemp("moto")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), **AWS_ENV}
-    with open(home / "server.log", "wb") as log:
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=home,
-            env=env,
-        )
-    try:
-        wait_until(lambda: proc.poll() is not None or _answers(f"{url}/moto-api/"), timeout=45)
-        assert proc.poll() is None, (home / "server.log").read_text()[-2000:]
-        yield url
-    finally:
-        _stop(proc)
-
-
-def secrets_manager(url: str) -> Any:
-    import boto3
-
-    return boto3.client(
-        "secretsmanager",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
