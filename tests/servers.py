@@ -23,7 +23,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.harness import VENV_BIN, Daemon, Sim, start_daemon, start_sim
+from tests.harness import VENV_BIN, Daemon, Sim, start_daemon, start_sim, stop_process
 from tests.origin import Origin
 from tests.waiting import free_port, wait_until
 
@@ -51,16 +51,6 @@ def _answers(url: str) -> bool:
         return httpx.get(url, trust_env=False, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def stop_proc(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 class Server:
@@ -92,7 +82,8 @@ class Server:
         assert proc.poll() is None, (self.home / "server.log").read_text()[-2000:]
 
     def stop(self) -> None:
-        stop_proc(self.proc)
+        if self.proc is not None:
+            stop_process(self.proc, timeout=10)
 
 
 # --- OpenBao (Vault) ------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.harness import stop_process
 from tests.waiting import free_port, wait_until
 
 CLOUDFLARED_SIM = str(Path(sys.executable).parent / "cloudflared-sim")
@@ -43,17 +43,6 @@ def clean_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LANG": "C.UTF-8"}
     env.update(extra or {})
     return env
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout)
-    return proc.returncode
 
 
 class _Drain:
