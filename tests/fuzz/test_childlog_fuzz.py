@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 from tests.fuzz.strategies import FUZZ, corpus, deep_json, json_bytes, mutated, objects_with, tally
 from tunnelkeeper.supervise.childlog import LEVELS, MAX_FIELD_CHARS, ChildLine, parse_line
-from tunnelkeeper.supervise.logtail import MAX_LINE_BYTES, LogTail
+from tunnelkeeper.supervise.logtail import CUT_MARK, MAX_LINE_BYTES, LogTail, clip
 
 OUR_FIELDS = {"conn_index", "error", "edge_ip", "location", "connection", "protocol", "tunnel_id"}
-MARKER = b" [line truncated]"
+MARKER = CUT_MARK
 
 cloudflared_objects = objects_with(
     {
@@ -100,7 +100,7 @@ payloads = st.lists(
 ).map(b"".join)
 
 
-def _relay_all(data: bytes, cuts: list[int], max_bytes: int) -> list[bytes]:
+def _relay_all(data: bytes, cuts: list[int], punch_every: int) -> list[bytes]:
     """Write ``data`` to a file in pieces cut at ``cuts``, reading after each write, the way a
     child's O_APPEND writes and the daemon's polls interleave."""
     relayed: list[bytes] = []
@@ -108,7 +108,12 @@ def _relay_all(data: bytes, cuts: list[int], max_bytes: int) -> list[bytes]:
         path = Path(tmp) / "replica.log"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            tail = LogTail(path, relayed.append, max_bytes=max_bytes)
+
+            def block(chunk: bytes, backlog: bool) -> None:
+                assert chunk.endswith(b"\n")  # whole lines only
+                relayed.extend(clip(line) for line in chunk[:-1].split(b"\n"))
+
+            tail = LogTail(path, block, punch_every_bytes=punch_every)
             start = 0
             for cut in [*sorted(set(cuts)), len(data)]:
                 os.write(fd, data[start:cut])
@@ -138,9 +143,9 @@ def test_tail_relays_the_same_lines_however_writes_are_split(
     data: bytes, cuts: list[int], small_file: bool
 ) -> None:
     cuts = [c % (len(data) + 1) for c in cuts]
-    max_bytes = 256 if small_file else 4 * 1024 * 1024  # small: truncated after every read
-    chunked = _relay_all(data, cuts, max_bytes)
-    one_shot = _relay_all(data, [], max_bytes)
+    punch_every = 1 if small_file else 4 * 1024 * 1024  # small: holes after every read
+    chunked = _relay_all(data, cuts, punch_every)
+    one_shot = _relay_all(data, [], punch_every)
     for line in chunked + one_shot:
         assert len(line) <= MAX_LINE_BYTES + len(MARKER)
         assert b"\n" not in line

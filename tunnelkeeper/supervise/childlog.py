@@ -113,6 +113,27 @@ class FloodGate:
         self._suppressed[key] = self._suppressed.get(key, 0) + 1
         return False, summaries
 
+    def _roll(self, now: float) -> dict[str, int]:
+        summaries: dict[str, int] = {}
+        if now - self._window_start >= self.window_seconds:
+            summaries = {k: v for k, v in self._suppressed.items() if v}
+            self._window_start = now
+            self._counts.clear()
+            self._suppressed.clear()
+        return summaries
+
+    def would_admit(self, key: str, now: float) -> bool:
+        if now - self._window_start >= self.window_seconds:
+            return True
+        seen = self._counts.get(key, 0)
+        return seen < self.burst and (key in self._counts or len(self._counts) < self.max_kinds)
+
+    def suppress(self, key: str, n: int, now: float) -> dict[str, int]:
+        """Count ``n`` lines of ``key`` as dropped (the caller checked :meth:`would_admit`)."""
+        summaries = self._roll(now)
+        self._suppressed[key] = self._suppressed.get(key, 0) + n
+        return summaries
+
     def flush(self) -> dict[str, int]:
         summaries = {k: v for k, v in self._suppressed.items() if v}
         self._suppressed.clear()

@@ -1,24 +1,51 @@
-"""A replica's stderr as a file we tail, instead of a pipe.
+"""A replica's stderr as a file we tail, instead of a pipe: whole lines, bounded space.
 
 A pipe dies with the daemon that reads it, and cloudflared then dies of SIGPIPE on its next
 log line: replicas could not outlive a daemon restart. So each replica writes its stderr to
 an O_APPEND file in runtime_dir (tmpfs under systemd), and the daemon, whichever daemon is
-running, tails it. The file is kept small by truncating it once it passes ``max_bytes``: the
-writer's O_APPEND offset follows the truncation. Lines written in the instant between the last
-read and a truncation are lost; they are log lines, and floods are summarised anyway.
+running, tails it.
+
+Space stays bounded without ever moving the writer, so no line is ever split or merged:
+
+- **Behind the reader, holes.** What has been read is punched out of the file
+  (``fallocate(FALLOC_FL_PUNCH_HOLE)``): the file's length keeps growing (it is sparse), its
+  blocks do not. Truncating instead (what this module used to do) races the writer: the bytes
+  appended between the last read and the truncation were lost mid-line, and the next read began
+  inside a line.
+- **Ahead of the reader, a ceiling.** The replica's RLIMIT_FSIZE is kept ``budget_bytes`` past
+  the read offset (:func:`raise_ceiling`). While no daemon reads (a restart, a crash loop), the
+  replica can write at most that much more; then its writes fail with EFBIG (Go and Python
+  ignore SIGXFSZ) and it runs on without logging. The next daemon resumes where the holes end,
+  and reports the backlog as a summary.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import errno
 import os
+import resource
 from collections.abc import Callable
 from pathlib import Path
 
 MAX_LINE_BYTES = 16 * 1024
-READ_CHUNK = 256 * 1024
-DEFAULT_MAX_BYTES = 4 * 1024 * 1024
+READ_CHUNK = 1024 * 1024
+BUDGET_BYTES = 16 * 1024 * 1024  # unread log a replica may write (space per replica)
+PUNCH_EVERY_BYTES = 1024 * 1024
+_BLOCK = 4096
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+CUT_MARK = b" [line cut at 16 KiB]"
+
+
+def clip(raw: bytes) -> bytes:
+    """A line as it may be relayed: at most MAX_LINE_BYTES, a cut marked."""
+    return raw if len(raw) <= MAX_LINE_BYTES else raw[:MAX_LINE_BYTES] + CUT_MARK
 
 
 def open_for_child(path: Path) -> int:
@@ -26,79 +53,134 @@ def open_for_child(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC | os.O_CLOEXEC, 0o600)
 
 
+def punch_hole(fd: int, length: int) -> bool:
+    """Free the blocks of [0, length) (rounded down to a block); False if unsupported."""
+    length -= length % _BLOCK
+    if length <= 0:
+        return True
+    if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, 0, length) == 0:
+        return True
+    if ctypes.get_errno() in (errno.EOPNOTSUPP, errno.ENOSYS):
+        return False
+    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
+
+def raise_ceiling(pid: int, offset: int, budget: int = BUDGET_BYTES) -> None:
+    """The replica may write its log up to ``budget`` bytes past what has been read."""
+    with contextlib.suppress(OSError, ValueError, ProcessLookupError):
+        _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+        soft = offset + budget
+        if hard != resource.RLIM_INFINITY:
+            soft = min(soft, hard)
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def first_data(path: Path) -> int:
+    """Where the unread part of a file begins: the end of the punched holes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        return os.lseek(fd, 0, os.SEEK_DATA)
+    except OSError:  # ENXIO: no data at all (all holes, or empty)
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
 class LogTail:
+    """Feeds blocks of whole lines to ``on_block(data, backlog)`` (a line that arrived whole
+    may be longer than MAX_LINE_BYTES: whoever emits it applies :func:`clip`);
+    ``on_skip(lines, bytes)`` accounts for what it had to drop (an over-long line's rest, a
+    partial line at a resume).
+
+    ``resume=True`` (adoption): start where the previous daemon's holes end; everything from
+    there to the current end was written while no daemon read it, and is passed as backlog.
+    """
+
     def __init__(
         self,
         path: Path,
-        on_line: Callable[[bytes], None],
+        on_block: Callable[[bytes, bool], None],
+        on_skip: Callable[[int, int], None] = lambda lines, size: None,
         *,
-        from_end: bool = False,
-        max_bytes: int = DEFAULT_MAX_BYTES,
+        resume: bool = False,
         interval_seconds: float = 1.0,
+        on_progress: Callable[[int], None] = lambda offset: None,
+        punch_every_bytes: int = PUNCH_EVERY_BYTES,
     ) -> None:
-        self.path = path
-        self.on_line = on_line
-        self.max_bytes = max_bytes
+        self.punch_every_bytes = punch_every_bytes
+        self.path, self.on_block, self.on_skip, self.on_progress = (
+            path,
+            on_block,
+            on_skip,
+            (on_progress),
+        )
         self.interval_seconds = interval_seconds
         self.offset = 0
-        if from_end:
-            with contextlib.suppress(OSError):
-                self.offset = path.stat().st_size
+        self.punched = 0
+        self.can_punch = True
         self._buf = b""
         self._dropping = False
+        self._backlog_until = 0
+        if resume:
+            self.offset = first_data(path)
+            self._dropping = self.offset > 0  # the holes end on a block, not a line
+            with contextlib.suppress(OSError):
+                self._backlog_until = path.stat().st_size
 
     def read_available(self) -> int:
-        """Relay every complete line written since the last call; returns bytes read."""
+        """Relay every whole line written since the last call; returns bytes read."""
         try:
             if os.stat(self.path).st_size == self.offset:
                 return 0  # the common case, one cheap syscall
-        except OSError:
-            return 0
-        try:
             fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         except OSError:
             return 0
         total = 0
         try:
             size = os.fstat(fd).st_size
-            if size < self.offset:  # truncated by someone else: start over
-                self.offset = 0
+            if size < self.offset:  # a fresh file (a new replica on the same path)
+                self.offset = self.punched = 0
             while self.offset < size:
                 chunk = os.pread(fd, min(READ_CHUNK, size - self.offset), self.offset)
                 if not chunk:
                     break
+                backlog = self.offset < self._backlog_until
                 self.offset += len(chunk)
                 total += len(chunk)
-                self._split(chunk)
-            if self.offset >= self.max_bytes:
-                os.ftruncate(fd, 0)
-                self.offset = 0
+                self._feed(chunk, backlog)
+            if self.can_punch and self.offset - self.punched >= self.punch_every_bytes:
+                self.can_punch = punch_hole(fd, self.offset)
+                self.punched = self.offset
         finally:
             os.close(fd)
+        self.on_progress(self.offset)
         return total
 
-    def _split(self, chunk: bytes) -> None:
-        buf = self._buf + chunk
-        while True:
-            nl = buf.find(b"\n")
+    def _feed(self, chunk: bytes, backlog: bool) -> None:
+        data = self._buf + chunk if self._buf else chunk
+        if self._dropping:  # the rest of a line we could not keep: up to its newline
+            nl = data.find(b"\n")
             if nl < 0:
-                if len(buf) > MAX_LINE_BYTES:
-                    if not self._dropping:
-                        self.on_line(buf[:MAX_LINE_BYTES] + b" [line truncated]")
-                    self._dropping = True
-                    buf = b""
-                break
-            line, buf = buf[:nl], buf[nl + 1 :]
-            if self._dropping:
-                self._dropping = False
-                continue
-            self.on_line(line[:MAX_LINE_BYTES])
-        self._buf = buf
+                self._buf = b""
+                return
+            self.on_skip(1, nl + 1)
+            data, self._dropping = data[nl + 1 :], False
+        last = data.rfind(b"\n")
+        if last >= 0:
+            self.on_block(data[: last + 1], backlog)
+        rest = data[last + 1 :]
+        if len(rest) > MAX_LINE_BYTES:  # a line too long to hold: a marked cut, the rest skipped
+            self.on_block(rest[:MAX_LINE_BYTES] + CUT_MARK + b"\n", backlog)
+            self._dropping, rest = True, b""
+        self._buf = rest
 
     def flush(self) -> None:
         """The last, unterminated line (the writer has exited)."""
         if self._buf and not self._dropping:
-            self.on_line(self._buf[:MAX_LINE_BYTES])
+            self.on_block(self._buf[:MAX_LINE_BYTES] + b"\n", False)
         self._buf = b""
 
     async def run(self) -> None:

@@ -12,7 +12,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,10 @@ import psutil
 import structlog
 
 from tunnelkeeper.atomicfile import write_private_file
-from tunnelkeeper.supervise.childlog import FloodGate, RecentErrors, flood_key, parse_line
+from tunnelkeeper.supervise.childlog import ChildLine, RecentErrors
 from tunnelkeeper.supervise.identity import RunAs
-from tunnelkeeper.supervise.logtail import LogTail, open_for_child
+from tunnelkeeper.supervise.logtail import LogTail, open_for_child, raise_ceiling
+from tunnelkeeper.supervise.relay import Relay
 from tunnelkeeper.tunneltoken import TunnelToken
 
 # Variables a child may inherit. Everything else (TUNNEL_*, NOTIFY_SOCKET, secrets) is dropped.
@@ -126,24 +126,26 @@ class ReplicaProcess:
         self.rid = rid
         self.spec = spec
         self.token = token
-        self.recent_errors = RecentErrors()
         self.returncode: int | None = None
         self.exited = asyncio.Event()
         self.pid: int | None = None
         self.create_time: float | None = None
-        self.bind_failed = False
         self.adopted = False
         self._on_exit = on_exit
         self._popen: subprocess.Popen[bytes] | None = None
         self._pidfd: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._gate = FloodGate()
+        self.skipped_lines = 0
+        self.on_hint: Callable[[], None] = lambda: None
+        self.relay = Relay(
+            self._emit_line, self._summarise, self._skipped, hint=lambda: self.on_hint()
+        )
         self._log = log.bind(tunnel=rid.tunnel, slot=rid.slot, generation=rid.generation)
         replicas_dir = ensure_runtime_dir(spec.runtime_dir, separated=spec.run_as is not None)
         stem = f"{rid.tunnel}.{rid.slot}.{rid.generation}"
         self.token_file = replicas_dir / f"{stem}.token"
         self.log_file = replicas_dir / f"{stem}.log"
-        self._tail = LogTail(self.log_file, self._emit)
+        self._tail = self._make_tail(resume=False)
 
     def start(self) -> None:
         write_private_file(self.token_file, self.token.reveal())
@@ -174,6 +176,7 @@ class ReplicaProcess:
         finally:
             os.close(stderr)
         self.pid = self._popen.pid
+        raise_ceiling(self.pid, 0)  # its log may grow only so far ahead of our reading
         self._pidfd = os.pidfd_open(self.pid)
         with contextlib.suppress(psutil.Error):
             self.create_time = psutil.Process(self.pid).create_time()
@@ -189,7 +192,9 @@ class ReplicaProcess:
         """Take over a live replica left by a previous daemon (identity already verified)."""
         self._pidfd = os.pidfd_open(pid)
         self.pid, self.create_time, self.adopted = pid, create_time, True
-        self._tail = LogTail(self.log_file, self._emit, from_end=True)
+        self._tail = self._make_tail(resume=True)
+        self._tail.read_available()  # what was written while no daemon ran: a summary
+        self._report_backlog()
         self._log.info(
             "replica_adopted",
             pid=pid,
@@ -248,26 +253,53 @@ class ReplicaProcess:
         )
         self._on_exit(self)
 
-    def _emit(self, raw: bytes) -> None:
+    def _make_tail(self, *, resume: bool) -> LogTail:
+        def progress(offset: int) -> None:
+            if self.pid is not None and self.running:
+                raise_ceiling(self.pid, offset)
+
+        return LogTail(
+            self.log_file,
+            self._block,
+            lambda lines, size: self._skipped(lines),
+            resume=resume,
+            on_progress=progress,
+        )
+
+    def _block(self, data: bytes, backlog: bool) -> None:
         try:
-            self._relay(raw)
-        except Exception as exc:
+            self.relay.block(data, backlog)
+        except Exception as exc:  # hostile input must never stop the tail
             self._log.warning("cloudflared_log_unrelayable", error=type(exc).__name__)
 
-    def _relay(self, raw: bytes) -> None:
-        line = parse_line(raw)
-        if line is None:
-            return
-        self.recent_errors.add(line)
-        if "bind: address already in use" in line.message:
-            self.bind_failed = True
-        admitted, summaries = self._gate.admit(flood_key(line), time.monotonic())
-        for key, count in summaries.items():
-            self._log.info("cloudflared_log_suppressed", kind=key, count=count, window_seconds=60)
-        if admitted:
-            self._log.log(
-                _LEVELS[line.level], "cloudflared_logged", child_message=line.message, **line.fields
+    def _skipped(self, lines: int) -> None:
+        self.skipped_lines += lines
+
+    def _emit_line(self, line: ChildLine) -> None:
+        self._log.log(
+            _LEVELS[line.level], "cloudflared_logged", child_message=line.message, **line.fields
+        )
+
+    def _summarise(self, kind: str, count: int) -> None:
+        self._log.info("cloudflared_log_suppressed", kind=kind, count=count, window_seconds=60)
+
+    def _report_backlog(self) -> None:
+        counts, first = self.relay.take_backlog()
+        if counts:
+            self._log.warning(
+                "cloudflared_logged_while_unsupervised",
+                lines=sum(counts.values()),
+                by_kind=dict(sorted(counts.items(), key=lambda kv: -kv[1])[:10]),
+                first_lines=dict(list(first.items())[:10]),
             )
+
+    @property
+    def recent_errors(self) -> RecentErrors:
+        return self.relay.recent_errors
+
+    @property
+    def bind_failed(self) -> bool:
+        return self.relay.bind_failed
 
     def signal(self, sig: signal.Signals) -> None:
         if not self.running:
