@@ -3,7 +3,7 @@ replicas (tunnels of 4, 1 s probes) in its steady state, and this prints the fun
 hold the most samples, inclusive and self.
 
 py-spy counts only samples where a thread is running Python (``--idle`` off), so the total
-samples over the duration, divided by rate × duration, is the fraction of a core the
+samples over the duration, divided by rate times duration, is the fraction of a core the
 interpreter spent, within sampling error.
 
     .venv/bin/pip install py-spy

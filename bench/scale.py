@@ -45,17 +45,28 @@ def parse_metrics(text: str) -> dict[str, float]:
     """The few unlabelled/histogram samples we read, keyed by name plus ``le`` for buckets."""
     out: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("tunnelkeeper_loop_lag_seconds "):
-            out["lag"] = float(line.split()[1])
-        elif line.startswith("tunnelkeeper_probe_duration_seconds"):
+        for family, prefix in (
+            ("tunnelkeeper_probe_duration_seconds", ""),
+            ("tunnelkeeper_loop_lag_seconds", "lag_"),
+        ):
+            if not line.startswith(family):
+                continue
             name, value = line.rsplit(" ", 1)
             if "_bucket{" in name:
-                out["le=" + name.split('le="')[1].split('"')[0]] = float(value)
+                out[prefix + "le=" + name.split('le="')[1].split('"')[0]] = float(value)
             elif name.endswith("_sum"):
-                out["sum"] = float(value)
+                out[prefix + "sum"] = float(value)
             elif name.endswith("_count"):
-                out["count"] = float(value)
+                out[prefix + "count"] = float(value)
     return out
+
+
+def lag_figures(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Loop lag over the window from the histogram's increase (bucket upper bounds)."""
+    strip = {k[4:]: v for k, v in after.items() if k.startswith("lag_")}
+    base = {k[4:]: v for k, v in before.items() if k.startswith("lag_")}
+    figures = probe_figures(base, strip)
+    return {"p50_ms": figures.get("p50_ms", 0.0), "p99_ms": figures.get("p99_ms", 0.0)}
 
 
 def probe_figures(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
@@ -102,7 +113,6 @@ def watch(
         (lambda: parse_metrics(httpx.get(metrics_url, timeout=5).text)) if metrics_url else None
     )
     first = scrape() if scrape else {}
-    lags: list[float] = []
     probes: list[float] = []
     c0, t0 = p.cpu_times(), time.monotonic()
     rss: list[int] = []
@@ -112,7 +122,7 @@ def watch(
         if ports:
             probes += time_probes(random.sample(ports, min(5, len(ports))))
         if scrape and time.monotonic() >= next_scrape:
-            lags.append(scrape().get("lag", 0.0))
+            scrape()  # as Prometheus would
             next_scrape += METRICS_EVERY_S
         time.sleep(1)
     c1, t1 = p.cpu_times(), time.monotonic()
@@ -126,9 +136,9 @@ def watch(
         "rss_mb_median": round(statistics.median(rss) / 2**20, 1),
     }
     if scrape:
-        lags.append(last.get("lag", 0.0))
-        out["loop_lag_ms_max"] = round(1000 * max(lags), 1)
-        out["loop_lag_ms_median"] = round(1000 * statistics.median(lags), 1)
+        lag = lag_figures(first, last)
+        out["loop_lag_ms_p99"] = lag["p99_ms"]
+        out["loop_lag_ms_median"] = lag["p50_ms"]
         out["probe"] = probe_figures(first, last)
         out["probe"]["probes_per_second"] = round(out["probe"]["probes"] / (t1 - t0), 1)
         if not out["probe"]["probes"] and probes:  # the histogram is not fed: time them here
@@ -252,13 +262,13 @@ def run(
 def table(res: dict[str, Any]) -> list[str]:
     lines = [
         f"{'supervisor':13} {'replicas':>8} {'CPU % core':>10} {'RSS MB':>7} {'ready after s':>13} "
-        f"{'loop lag ms med/max':>20} {'probe ms mean/p99':>20}"
+        f"{'loop lag ms p50/p99':>20} {'probe ms mean/p99':>20}"
     ]
     for who in ("tunnelkeeper", "supervisord"):
         for n, r in res[who].items():
             lag = (
-                f"{r['loop_lag_ms_median']}/{r['loop_lag_ms_max']}"
-                if "loop_lag_ms_max" in r
+                f"{r['loop_lag_ms_median']}/{r['loop_lag_ms_p99']}"
+                if "loop_lag_ms_p99" in r
                 else "-"
             )
             pr = r.get("probe", {})

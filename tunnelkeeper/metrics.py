@@ -19,7 +19,7 @@ RESTART_REASONS = ("exited", "no_connections", "unresponsive", "rotation", "upgr
 
 
 # the long-lived tasks that are supervised (restarted when they fail), by their metric label
-TASKS = ("loop", "converge", "probe", "alert_worker", "token_feed", "fleet")
+TASKS = ("loop", "converge", "probe", "alert_worker", "token_feed", "fleet", "loop_lag")
 
 
 class Metrics:
@@ -138,9 +138,18 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=r,
         )
-        self.loop_lag = Gauge(
+        self.loop_lag = Histogram(
             "tunnelkeeper_loop_lag_seconds",
-            "How late the last supervision tick ran compared to its schedule.",
+            "How late the event loop runs a timer (sampled twice a second): what every page, "
+            "probe and exit notice waits on top of its own work.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=r,
+        )
+        self.child_log_skipped = Counter(
+            "tunnelkeeper_child_log_lines_skipped",
+            "cloudflared log lines not re-emitted: suppressed by flood control, summarised "
+            "backlog, or the rest of an over-long line.",
+            ["tunnel", "slot"],
             registry=r,
         )
         self.task_restarts = Counter(

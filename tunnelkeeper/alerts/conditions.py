@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from tunnelkeeper.alerts import Condition
+from tunnelkeeper.logconfig import SECRETS
 from tunnelkeeper.supervise.policy import Phase, Role
 from tunnelkeeper.supervise.records import Replica
 from tunnelkeeper.supervise.supervisor import TunnelSupervisor
@@ -28,16 +29,20 @@ def tunnel_conditions(
                 Condition(
                     "ReplicaCrashLooping",
                     labels,
-                    details={
-                        "exits_in_window": str(len(sup.slots[slot].exits)),
-                        "last_returncode": str(last.get("returncode")),
-                    },
+                    details=_with_cause(
+                        {
+                            "exits_in_window": str(len(sup.slots[slot].exits)),
+                            "last_returncode": str(last.get("returncode")),
+                        },
+                        slot_cause(sup, slot),
+                    ),
                 )
             )
         down = _down_reason(sup, slot, primary, now)
         if down is not None:
             if sup.target_token() is not None:  # without a token, TunnelDown says it all
-                out.append(Condition("ReplicaDown", labels, details={"reason": down}))
+                details = _with_cause({"reason": down}, slot_cause(sup, slot))
+                out.append(Condition("ReplicaDown", labels, details=details))
             continue
         assert primary is not None
         if primary.is_serving:
@@ -52,14 +57,17 @@ def tunnel_conditions(
                 Condition(
                     "ReplicaNoEdgeConnections",
                     labels,
-                    details={
-                        "replacement_in_progress": str(
-                            any(
-                                r.rid.slot == slot and r.role is Role.SUCCESSOR
-                                for r in sup.replicas.values()
-                            )
-                        ).lower(),
-                    },
+                    details=_with_cause(
+                        {
+                            "replacement_in_progress": str(
+                                any(
+                                    r.rid.slot == slot and r.role is Role.SUCCESSOR
+                                    for r in sup.replicas.values()
+                                )
+                            ).lower(),
+                        },
+                        slot_cause(sup, slot),
+                    ),
                 )
             )
     desired = len(sup.slots)
@@ -68,6 +76,8 @@ def tunnel_conditions(
         detail = {
             "reason": sup.hold_reason or sup.token_error or "no replica has an edge connection"
         }
+        causes = (slot_cause(sup, s) for s in range(len(sup.slots)))
+        detail = _with_cause(detail, next((c for c in causes if c), None))
         out.append(Condition("TunnelDown", tunnel, details=detail))
     elif ready < desired:
         out.append(
@@ -86,6 +96,29 @@ def tunnel_conditions(
             )
         )
     return out
+
+
+MAX_CAUSE_CHARS = 300
+
+
+def slot_cause(sup: TunnelSupervisor, slot: int) -> str | None:
+    """The last distinct error cloudflared logged for the slot: its running replica's, else
+    the last exited one's."""
+    for r in sorted(sup.replicas.values(), key=lambda r: -r.rid.generation):
+        if r.rid.slot == slot and r.proc.relay.cause:
+            return r.proc.relay.cause
+    last = sup.slots[slot].last_exit if slot < len(sup.slots) else None
+    errors = (last or {}).get("errors") or []
+    return str(errors[-1]) if isinstance(errors, list) and errors else None
+
+
+def _with_cause(details: dict[str, str], cause: str | None) -> dict[str, str]:
+    if cause:
+        text = SECRETS.scrub(cause)
+        if len(text) > MAX_CAUSE_CHARS:
+            text = text[:MAX_CAUSE_CHARS] + "…"
+        details = {**details, "cause": text}
+    return details
 
 
 def all_conditions(parts: Iterable[list[Condition]]) -> list[Condition]:

@@ -42,6 +42,7 @@ from tunnelkeeper.supervise.adoption import adopt_all
 from tunnelkeeper.supervise.ledger import LedgerWriter
 from tunnelkeeper.supervise.ports import PortAllocator
 from tunnelkeeper.supervise.probe import Prober
+from tunnelkeeper.tasks import keep_running
 
 log = structlog.get_logger("tunnelkeeper.daemon")
 
@@ -175,6 +176,8 @@ class Daemon(Endpoints):
         await self.upgrader.prepare(cfg.cloudflared)
         await self.alerts.start()
         await self.api_tasks.start()
+        lag = keep_running("loop_lag", self._sample_lag, self.metrics)
+        self._background.add(asyncio.create_task(lag, name="loop lag"))
         for feed in self.tunnels.feeds.values():
             await feed.start()
         problem = self.tunnels.separation_problem
@@ -220,7 +223,6 @@ class Daemon(Endpoints):
                 self.notifier.send("WATCHDOG=1")
                 last_watchdog = now
             self.wake.clear()
-            deadline = now + interval
             waiter = asyncio.ensure_future(self.wake.wait())
             stopper = asyncio.ensure_future(self.stop_requested.wait())
             await asyncio.wait(
@@ -228,8 +230,6 @@ class Daemon(Endpoints):
             )
             waiter.cancel()
             stopper.cancel()
-            lag = self.clock() - deadline
-            self.metrics.loop_lag.set(max(0.0, lag) if not self.wake.is_set() else 0.0)
 
     async def _shutdown(self) -> None:
         replicas = sum(1 for _ in self.tunnels.replicas())
@@ -251,6 +251,9 @@ class Daemon(Endpoints):
             drains = (sup.drain_all() for sup in self.tunnels.all_supervisors())
             await quietly("drain", asyncio.gather(*drains))
             self.ledger.write(self.tunnels.replicas())
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await quietly("alerts", self.alerts.aclose())
         await quietly("web", self.web.aclose())
         await quietly("prober", self.prober.aclose())
@@ -267,6 +270,14 @@ class Daemon(Endpoints):
         log.error("runtime_dir_missing", path=str(runtime), action="recreating it")
         runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.web.rebind_control()
+
+    async def _sample_lag(self) -> None:
+        """How late a timer fires: the event loop's lag, as every page and probe sees it."""
+        loop = asyncio.get_running_loop()
+        while True:
+            asked = loop.time()
+            await asyncio.sleep(LAG_SAMPLE_SECONDS)
+            self.metrics.loop_lag.observe(max(0.0, loop.time() - asked - LAG_SAMPLE_SECONDS))
 
     def _on_handover(self) -> None:
         """SIGUSR2 (systemd's RestartKillSignal): exit without draining; the next daemon adopts
@@ -309,6 +320,7 @@ class Daemon(Endpoints):
             log.info("daemon_ready", all_tunnels_ready=all_ready)
 
 
+LAG_SAMPLE_SECONDS = 0.5
 # sysexits.h EX_CONFIG: the unit's RestartPreventExitStatus= stops systemd from restarting a
 # daemon that can only fail the same way again until someone fixes the config.
 EXIT_CONFIG = 78

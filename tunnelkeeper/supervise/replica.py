@@ -137,6 +137,7 @@ class ReplicaProcess:
         self._tasks: list[asyncio.Task[None]] = []
         self.skipped_lines = 0
         self.on_hint: Callable[[], None] = lambda: None
+        self.on_skipped: Callable[[int], None] = lambda lines: None
         self.relay = Relay(
             self._emit_line, self._summarise, self._skipped, hint=lambda: self.on_hint()
         )
@@ -274,6 +275,7 @@ class ReplicaProcess:
 
     def _skipped(self, lines: int) -> None:
         self.skipped_lines += lines
+        self.on_skipped(lines)
 
     def _emit_line(self, line: ChildLine) -> None:
         self._log.log(

@@ -226,6 +226,7 @@ class TunnelSupervisor(Observation, Rollout):
             run_as=self.run_as,
         )
         proc = ReplicaProcess(rid, spec, token, self.on_exit)
+        self._wire(proc)
         replica = Replica(rid, proc, role, reason, now, datetime.now(UTC), epoch=self.epoch)
         self.replicas[replica.key] = replica
         if reason in ("exited", "no_connections", "unresponsive", "rotation", "upgrade"):
@@ -243,8 +244,14 @@ class TunnelSupervisor(Observation, Rollout):
             return
         self._start_probe(replica)
 
+    def _wire(self, proc: ReplicaProcess) -> None:
+        proc.on_skipped = self.metrics.child_log_skipped.labels(
+            self.cfg.name, str(proc.rid.slot)
+        ).inc
+
     def take(self, r: Replica) -> None:
         """Supervise a replica that already runs (adopted from a previous daemon)."""
+        self._wire(r.proc)
         self.replicas[r.key] = r
         self.ports.claim(r.proc.spec.metrics_port)
         if r.rid.slot < len(self.slots):
