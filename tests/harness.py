@@ -297,3 +297,13 @@ class Load:
     @property
     def failed(self) -> int:
         return self.total - self.results["ok"]
+
+    def assert_only_cut_off(self, fault_at: float, within_seconds: float = 10.0) -> None:
+        """Nothing failed but, at most, the one request in flight (the load sends one at a
+        time) on connections a fault cut at ``fault_at`` (time.time()): the edge cannot retry
+        a request it has already sent, on the real network as here."""
+        assert self.failed <= 1, self.failures[:5]
+        for failure in self.failures:
+            at, _, text = failure.partition(" ")
+            assert fault_at <= float(at) <= fault_at + within_seconds, failure
+            assert "mid-request" in text or "http_5" in text, failure
