@@ -89,6 +89,10 @@ class CfLogger:
                 self._file_fd = None
                 self.error("Failed to open log file", error=f"{logfile}: {exc.strerror}")
 
+    @property
+    def fd(self) -> int:
+        return self._fd
+
     def format(self, level: str, message: str, fields: dict[str, Any]) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         if self.is_json:

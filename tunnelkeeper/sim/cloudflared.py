@@ -80,9 +80,48 @@ def run_tunnel(opts: Options, run_values: dict[str, Any], positional: list[str])
     except MetricsBindError as exc:
         raise StartError(str(exc)) from None
     state = TunnelState(tunnel_id, connector_id, version, build_date)
+    if opts.edges:  # a static edge and, in the sandboxes the simulator runs in, no DNS
+        log.error(
+            "Failed to fetch features, default to disable",
+            error="lookup cfd-features.argotunnel.com on 127.0.0.53:53: dial udp "
+            "127.0.0.53:53: connect: network is unreachable",
+        )
+        log.warn("Unable to lookup protocol percentage.")
     log.info(f"Initial protocol {'http2' if opts.protocol == 'http2' else 'quic'}")
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # no KeyboardInterrupt before our handler
     return asyncio.run(_serve(opts, token_text, state, sock, log))
+
+
+DNS_HELP = (
+    "Please try the following things to diagnose this issue:",
+    '  1. ensure that argotunnel.com is returning "origintunneld" service records.',
+    "     Run your system's equivalent of: dig srv _origintunneld._tcp.argotunnel.com",
+    "  2. ensure that your DNS resolver is not returning compressed SRV records.",
+    "     See GitHub issue https://github.com/golang/go/issues/27546",
+    "     For example, you could use Cloudflare's 1.1.1.1 as your resolver:",
+    "     https://developers.cloudflare.com/1.1.1.1/setting-up-1.1.1.1/",
+)
+SRV = "_v2-origintunneld._tcp.argotunnel.com"
+
+
+async def _dns_outage(log: CfLogger) -> None:
+    """What 2026.8.2 does when edge discovery fails: a plain-text line on stderr, JSON errors
+    and a help block, then exit 1 about 0.6 s after start."""
+    import asyncio
+
+    from tunnelkeeper.sim.cflog import write_all
+
+    write_all(
+        2,
+        f"Could not lookup srv records on {SRV}: lookup {SRV} on 127.0.0.53:53: dial udp "
+        "127.0.0.53:53: connect: network is unreachable\n".encode(),
+    )
+    error = "edge discovery: error looking up Cloudflare edge IPs: the DNS query failed"
+    log.error("Failed to fetch edge addresses", error=error)
+    for line in DNS_HELP:
+        log.error(line)
+    await asyncio.sleep(0.5)
+    log.error("initial tunnel connection failed", error=error)
 
 
 def token_text_of(run_values: dict[str, Any], positional: list[str]) -> str:
@@ -188,11 +227,8 @@ async def _serve(
     await metrics.start()
     log.info(f"Starting metrics server on {listener_address(sock)}/metrics")
     faults = _start_faults(log)
-    if not opts.edges:
-        log.error(
-            "initial tunnel connection failed",
-            error="edge discovery: error looking up Cloudflare edge IPs: the DNS query failed",
-        )
+    if not opts.edges:  # edge discovery needs DNS, which the simulator never has
+        await _dns_outage(log)
         await metrics.aclose()
         return 1
 

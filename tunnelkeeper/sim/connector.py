@@ -32,6 +32,7 @@ from tunnelkeeper.sim import protocol
 from tunnelkeeper.sim.cflog import CfLogger, go_duration
 from tunnelkeeper.sim.cfmetrics import Connection, TunnelState
 from tunnelkeeper.sim.cfproxy import OriginProxy
+from tunnelkeeper.sim.flood import can_flood, flood_until_reachable
 
 RPC_NAME = "registerConnection"
 REGISTER_TIMEOUT_SECONDS = 5.0
@@ -194,7 +195,13 @@ class Connector:
                         "Serve tunnel error", connIndex=index, error=str(exc), event=0, ip=ip
                     )
                     if exc.is_dial and not self._ever_registered.is_set():
-                        await asyncio.sleep(0)  # cloudflared's tight retry with a static edge
+                        # cloudflared's tight retry with a static edge, at its real pace
+                        if "connection refused" in str(exc) and can_flood(self.log):
+                            await flood_until_reachable(
+                                self.log, index, edge, lambda: self.is_draining
+                            )
+                        else:
+                            await asyncio.sleep(0)
                         continue
                     if exc.was_registered:
                         backoff.reset()

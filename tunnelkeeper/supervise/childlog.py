@@ -122,14 +122,16 @@ class FloodGate:
             self._suppressed.clear()
         return summaries
 
-    def would_admit(self, key: str, now: float) -> bool:
+    def remaining(self, key: str, now: float) -> int:
+        """How many more lines of ``key`` the gate would let through now."""
         if now - self._window_start >= self.window_seconds:
-            return True
-        seen = self._counts.get(key, 0)
-        return seen < self.burst and (key in self._counts or len(self._counts) < self.max_kinds)
+            return self.burst
+        if key not in self._counts and len(self._counts) >= self.max_kinds:
+            return 0
+        return max(0, self.burst - self._counts.get(key, 0))
 
     def suppress(self, key: str, n: int, now: float) -> dict[str, int]:
-        """Count ``n`` lines of ``key`` as dropped (the caller checked :meth:`would_admit`)."""
+        """Count ``n`` lines of ``key`` as dropped (the caller checked :meth:`remaining`)."""
         summaries = self._roll(now)
         self._suppressed[key] = self._suppressed.get(key, 0) + n
         return summaries

@@ -130,8 +130,9 @@ class LogTail:
             with contextlib.suppress(OSError):
                 self._backlog_until = path.stat().st_size
 
-    def read_available(self) -> int:
-        """Relay every whole line written since the last call; returns bytes read."""
+    def read_available(self, limit: int | None = None) -> int:
+        """Relay the whole lines written since the last call (at most ``limit`` bytes of them:
+        the event loop must not wait on a backlog); returns bytes read."""
         try:
             if os.stat(self.path).st_size == self.offset:
                 return 0  # the common case, one cheap syscall
@@ -143,6 +144,8 @@ class LogTail:
             size = os.fstat(fd).st_size
             if size < self.offset:  # a fresh file (a new replica on the same path)
                 self.offset = self.punched = 0
+            if limit is not None:
+                size = min(size, self.offset + limit)
             while self.offset < size:
                 chunk = os.pread(fd, min(READ_CHUNK, size - self.offset), self.offset)
                 if not chunk:
@@ -160,7 +163,23 @@ class LogTail:
         return total
 
     def _feed(self, chunk: bytes, backlog: bool) -> None:
-        data = self._buf + chunk if self._buf else chunk
+        if self._buf and not self._dropping:
+            # finish the pending line with the head of this chunk (a small copy), not by
+            # copying the whole chunk behind it
+            first = chunk.find(b"\n")
+            if first < 0:
+                data = self._buf + chunk
+            else:
+                self._buf += chunk[: first + 1]
+                if len(self._buf) > MAX_LINE_BYTES + 1:
+                    self.on_block(self._buf[:MAX_LINE_BYTES] + CUT_MARK + b"\n", backlog)
+                    self.on_skip(0, len(self._buf) - MAX_LINE_BYTES)
+                else:
+                    self.on_block(self._buf, backlog)
+                self._buf = b""
+                data = chunk[first + 1 :]
+        else:
+            data = self._buf + chunk if self._buf else chunk
         if self._dropping:  # the rest of a line we could not keep: up to its newline
             nl = data.find(b"\n")
             if nl < 0:
@@ -186,7 +205,7 @@ class LogTail:
     async def run(self) -> None:
         """Tail until cancelled; then call :meth:`finish` for the last lines."""
         while True:
-            busy = self.read_available() >= READ_CHUNK
+            busy = self.read_available(READ_CHUNK) >= READ_CHUNK
             # a flood: keep reading, but let the loop breathe; else one cheap timer per interval
             await asyncio.sleep(0 if busy else self.interval_seconds)
 

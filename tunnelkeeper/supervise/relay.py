@@ -36,6 +36,7 @@ FLOOD_MESSAGES = (
     ("warning", "observer channel buffer is full"),
 )
 _NEEDLES = tuple((b'"message":"' + m.encode() + b'"', level, m) for level, m in FLOOD_MESSAGES)
+_KEYS = tuple((needle, f"{level}:{message[:120]}") for needle, level, message in _NEEDLES)
 # messages that mean a connection was lost or could not be made: a hint to probe at once
 HINT_MESSAGES = (
     "Serve tunnel error",
@@ -75,36 +76,51 @@ class Relay:
         if backlog:
             self._backlog(data)
             return
-        counts = [data.count(needle) for needle, _, _ in _NEEDLES]
-        if sum(counts) == lines and self._saturated(counts):
-            self._flood(data, counts)
+        counts, left = [], lines
+        for needle, _, _ in _NEEDLES:  # most frequent first; stop once every line is known
+            n = data.count(needle) if left else 0
+            counts.append(n)
+            left -= n
+        if left:  # something else in there: line by line, flood lines still not decoded
+            self._mixed(data)
             return
-        for raw in data.split(b"\n"):
-            self._line(raw)
-
-    def _saturated(self, counts: list[int]) -> bool:
-        """Whether the gate would drop every line of these kinds now."""
+        # a pure flood: only the lines the gate still lets through are found and decoded
         now = time.monotonic()
-        return all(
-            n == 0 or not self.gate.would_admit(f"{level}:{message[:120]}", now)
-            for n, (_, level, message) in zip(counts, _NEEDLES, strict=True)
-        )
-
-    def _flood(self, data: bytes, counts: list[int]) -> None:
-        now = time.monotonic()
-        for n, (_, level, message) in zip(counts, _NEEDLES, strict=True):
-            if n:
-                for key, count in self.gate.suppress(f"{level}:{message[:120]}", n, now).items():
-                    self.summarise(key, count)
-        self.skipped(sum(counts))
+        for n, (needle, level, message) in zip(counts, _NEEDLES, strict=True):
+            if not n:
+                continue
+            key = f"{level}:{message[:120]}"
+            let_through = min(n, self.gate.remaining(key, now))
+            pos = 0
+            for _ in range(let_through):
+                at = data.find(needle, pos)
+                start, pos = data.rfind(b"\n", 0, at) + 1, data.find(b"\n", at)
+                self._line(data[start:pos])
+            if n > let_through:
+                for kind, count in self.gate.suppress(key, n - let_through, now).items():
+                    self.summarise(kind, count)
+                self.skipped(n - let_through)
         self.hint()
         last = data.rfind(_ERROR_MARK)
         if last >= 0:  # the cause: parse just that one line
             start = data.rfind(b"\n", 0, last) + 1
-            end = data.find(b"\n", last)
-            line = parse_line(data[start:end])
+            line = parse_line(data[start : data.find(b"\n", last)])
             if line is not None:
                 self.recent_errors.add(line)
+
+    def _mixed(self, data: bytes) -> None:
+        now = time.monotonic()
+        dropped: dict[str, int] = {}
+        for raw in data.split(b"\n"):
+            key = next((k for needle, k in _KEYS if needle in raw), None)
+            if key is not None and self.gate.remaining(key, now) == 0:
+                dropped[key] = dropped.get(key, 0) + 1
+                continue
+            self._line(raw)
+        for key, n in dropped.items():
+            for kind, count in self.gate.suppress(key, n, now).items():
+                self.summarise(kind, count)
+            self.skipped(n)
 
     def _line(self, raw: bytes) -> None:
         line = parse_line(clip(raw))

@@ -30,6 +30,7 @@ from tunnelkeeper.tunneltoken import TunnelToken
 # Variables a child may inherit. Everything else (TUNNEL_*, NOTIFY_SOCKET, secrets) is dropped.
 ENV_ALLOW = ("PATH", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR")
 EXTRA_KILL_WAIT_SECONDS = 5.0
+REPLICA_NICE = 5
 
 log = structlog.get_logger("tunnelkeeper.replica")
 
@@ -178,6 +179,10 @@ class ReplicaProcess:
             os.close(stderr)
         self.pid = self._popen.pid
         raise_ceiling(self.pid, 0)  # its log may grow only so far ahead of our reading
+        with contextlib.suppress(OSError):
+            # a replica flooding its log (edge down) must not starve its supervisor of CPU:
+            # the supervisor needs little, but needs it at once
+            os.setpriority(os.PRIO_PROCESS, self.pid, REPLICA_NICE)
         self._pidfd = os.pidfd_open(self.pid)
         with contextlib.suppress(psutil.Error):
             self.create_time = psutil.Process(self.pid).create_time()
