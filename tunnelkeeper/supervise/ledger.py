@@ -183,6 +183,7 @@ def stop_process(proc: psutil.Process, timeout_seconds: float = 10.0) -> None:
 
 
 def remove_files(entry: LedgerEntry) -> None:
-    for name in (entry.token_file, entry.token_file.removesuffix(".token") + ".log"):
+    stem = entry.token_file.removesuffix(".token")
+    for name in (entry.token_file, stem + ".log", stem + ".read"):
         with contextlib.suppress(OSError):
             Path(name).unlink()

@@ -50,6 +50,8 @@ def clip(raw: bytes) -> bytes:
 
 def open_for_child(path: Path) -> int:
     """The descriptor a child gets as stderr: append-only, private, fresh."""
+    with contextlib.suppress(OSError):
+        mark_path(path).unlink()  # a mark of an earlier file at this path
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC | os.O_CLOEXEC, 0o600)
 
 
@@ -73,6 +75,28 @@ def raise_ceiling(pid: int, offset: int, budget: int = BUDGET_BYTES) -> None:
         if hard != resource.RLIM_INFINITY:
             soft = min(soft, hard)
         resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def mark_path(path: Path) -> Path:
+    """Where a tail records how far it has relayed (a line boundary), for the next daemon."""
+    return path.with_suffix(".read")
+
+
+def write_mark(path: Path, offset: int) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(mark_path(path), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.pwrite(fd, b"%020d" % offset, 0)
+        finally:
+            os.close(fd)
+
+
+def read_mark(path: Path) -> int | None:
+    try:
+        text = mark_path(path).read_bytes()[:20]
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def first_data(path: Path) -> int:
@@ -105,36 +129,60 @@ class LogTail:
         on_block: Callable[[bytes, bool], None],
         on_skip: Callable[[int, int], None] = lambda lines, size: None,
         *,
+        pid: int | None = None,
+        budget_bytes: int = BUDGET_BYTES,
         resume: bool = False,
         interval_seconds: float = 1.0,
-        on_progress: Callable[[int], None] = lambda offset: None,
         punch_every_bytes: int = PUNCH_EVERY_BYTES,
     ) -> None:
-        self.punch_every_bytes = punch_every_bytes
-        self.path, self.on_block, self.on_skip, self.on_progress = (
-            path,
-            on_block,
-            on_skip,
-            (on_progress),
-        )
+        self.path, self.on_block, self.on_skip = path, on_block, on_skip
+        self.pid, self.budget_bytes = pid, budget_bytes
         self.interval_seconds = interval_seconds
+        self.punch_every_bytes = punch_every_bytes
         self.offset = 0
         self.punched = 0
         self.can_punch = True
         self._buf = b""
         self._dropping = False
         self._backlog_until = 0
+        # offsets where the writer hit its ceiling: its last write there may have been cut
+        # short, so a new line starts at each, whatever came before it
+        self._cuts: list[int] = []
+        self.ceiling = self._current_ceiling()
         if resume:
             self.offset = first_data(path)
             self._dropping = self.offset > 0  # the holes end on a block, not a line
+            done = read_mark(path)
+            if done is not None and self.offset <= done:  # exactly where the last reader was
+                self.offset, self._dropping = done, False
             with contextlib.suppress(OSError):
                 self._backlog_until = path.stat().st_size
+                if self.ceiling is not None and self._backlog_until >= self.ceiling:
+                    self._cuts.append(self.ceiling)
+
+    def _current_ceiling(self) -> int | None:
+        if self.pid is None:
+            return None
+        try:
+            soft, _ = resource.prlimit(self.pid, resource.RLIMIT_FSIZE)
+        except (OSError, ValueError):
+            return None
+        return None if soft == resource.RLIM_INFINITY else soft
+
+    def _raise_ceiling(self, size: int) -> None:
+        if self.pid is None:
+            return
+        if self.ceiling is not None and size >= self.ceiling:
+            self._cuts.append(self.ceiling)  # it ran into the ceiling (maybe mid-line)
+        raise_ceiling(self.pid, self.offset, self.budget_bytes)
+        self.ceiling = self.offset + self.budget_bytes
 
     def read_available(self, limit: int | None = None) -> int:
         """Relay the whole lines written since the last call (at most ``limit`` bytes of them:
         the event loop must not wait on a backlog); returns bytes read."""
         try:
-            if os.stat(self.path).st_size == self.offset:
+            size = os.stat(self.path).st_size
+            if size == self.offset:
                 return 0  # the common case, one cheap syscall
             fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         except OSError:
@@ -144,23 +192,36 @@ class LogTail:
             size = os.fstat(fd).st_size
             if size < self.offset:  # a fresh file (a new replica on the same path)
                 self.offset = self.punched = 0
-            if limit is not None:
-                size = min(size, self.offset + limit)
-            while self.offset < size:
-                chunk = os.pread(fd, min(READ_CHUNK, size - self.offset), self.offset)
+                self._cuts.clear()
+            end = size if limit is None else min(size, self.offset + limit)
+            while self.offset < end:
+                stop = min(end, self.offset + READ_CHUNK)
+                cut = next((c for c in self._cuts if self.offset < c <= stop), None)
+                chunk = os.pread(fd, (cut or stop) - self.offset, self.offset)
                 if not chunk:
                     break
                 backlog = self.offset < self._backlog_until
                 self.offset += len(chunk)
                 total += len(chunk)
                 self._feed(chunk, backlog)
+                if cut is not None and self.offset == cut:
+                    self._cut_here()
             if self.can_punch and self.offset - self.punched >= self.punch_every_bytes:
                 self.can_punch = punch_hole(fd, self.offset)
                 self.punched = self.offset
         finally:
             os.close(fd)
-        self.on_progress(self.offset)
+        self._raise_ceiling(size)
+        if total and not self._dropping:
+            write_mark(self.path, self.offset - len(self._buf))
         return total
+
+    def _cut_here(self) -> None:
+        """A line the writer could not finish (its ceiling): count it, start afresh."""
+        self._cuts = [c for c in self._cuts if c > self.offset]
+        if self._buf or self._dropping:
+            self.on_skip(1, len(self._buf))
+        self._buf, self._dropping = b"", False
 
     def _feed(self, chunk: bytes, backlog: bool) -> None:
         if self._buf and not self._dropping:

@@ -179,6 +179,7 @@ class ReplicaProcess:
             os.close(stderr)
         self.pid = self._popen.pid
         raise_ceiling(self.pid, 0)  # its log may grow only so far ahead of our reading
+        self._tail = self._make_tail(resume=False)
         with contextlib.suppress(OSError):
             # a replica flooding its log (edge down) must not starve its supervisor of CPU:
             # the supervisor needs little, but needs it at once
@@ -260,16 +261,12 @@ class ReplicaProcess:
         self._on_exit(self)
 
     def _make_tail(self, *, resume: bool) -> LogTail:
-        def progress(offset: int) -> None:
-            if self.pid is not None and self.running:
-                raise_ceiling(self.pid, offset)
-
         return LogTail(
             self.log_file,
             self._block,
             lambda lines, size: self._skipped(lines),
+            pid=self.pid,
             resume=resume,
-            on_progress=progress,
         )
 
     def _block(self, data: bytes, backlog: bool) -> None:
@@ -345,7 +342,7 @@ class ReplicaProcess:
         await self.exited.wait()
 
     def _remove_files(self) -> None:
-        for path in (self.token_file, self.log_file):
+        for path in (self.token_file, self.log_file, self.log_file.with_suffix(".read")):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
