@@ -177,6 +177,16 @@ def test_no_edge_means_initial_connection_failure_exit_1(tmp_path: Path, token_f
     )
     assert res.returncode == 1
     assert '"message":"initial tunnel connection failed"' in res.stderr
+    # as 2026.8.2 with no DNS: a plain-text line, the JSON cause and the help block
+    lines = res.stderr.splitlines()
+    assert any(
+        line.startswith("Could not lookup srv records on _v2-origintunneld._tcp.argotunnel.com")
+        for line in lines
+    )
+    assert "edge discovery: error looking up Cloudflare edge IPs: the DNS query failed" in (
+        res.stderr
+    )
+    assert "Please try the following things to diagnose this issue:" in res.stderr
 
 
 def test_tunnel_ready_command_reports_the_ready_endpoint(

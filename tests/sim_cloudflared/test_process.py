@@ -284,6 +284,35 @@ def test_closed_edge_port_floods_the_log_but_stays_responsive(
     assert errors[0]["error"].endswith(f"127.0.0.1:{closed_port}: connect: connection refused")
     assert not any(r["message"].startswith("Retrying connection") for r in cf.records())
     assert not pidfile.exists()  # only written after a first registration
+    # the real 2026.8.2 shape (shared/reference/cloudflared.md §3): per attempt, three lines
+    # with the same keys, after the DNS-less feature lookup lines; observer warnings now and then
+    records = cf.records()
+    messages = [r["message"] for r in records]
+    assert messages.index("Failed to fetch features, default to disable") < messages.index(
+        "Unable to lookup protocol percentage."
+    )
+    curves = "Tunnel connection curve preferences: [X25519MLKEM768 CurveID(65074) CurveP256]"
+    first = messages.index(curves)
+    triple = records[first : first + 3]
+    assert [r["message"] for r in triple] == [
+        curves,
+        "Unable to establish connection with Cloudflare edge",
+        "Serve tunnel error",
+    ]
+    assert sorted(triple[0]) == ["connIndex", "event", "ip", "level", "message", "time"]
+    assert (
+        sorted(triple[1])
+        == sorted(triple[2])
+        == ["connIndex", "error", "event", "ip", "level", "message", "time"]
+    )
+    assert triple[1]["error"] == (
+        f"DialContext error: dial tcp 127.0.0.1:{closed_port}: connect: connection refused"
+    )
+    wait_until(
+        lambda: "observer channel buffer is full" in (r["message"] for r in cf.records()),
+        timeout=30,
+        what="an observer warning",
+    )
     cf.proc.send_signal(signal.SIGTERM)
     assert cf.wait_exit() == 0
 
