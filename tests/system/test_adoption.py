@@ -74,3 +74,34 @@ def test_daemon_restart_adopts_replicas_with_zero_failed_requests(
     assert not any(alive(pid) for pid in before)
     log = d.output()
     assert "replica_adopted" in log
+
+
+def test_args_changed_while_no_daemon_ran_roll_the_adopted_replicas(
+    sim: Sim, run_daemon: RunDaemon
+) -> None:
+    """The ledger records each replica's launch spec, arguments included: a [cloudflared] args
+    change made while no daemon ran is rolled in (surge, ready, drain) after the restart, with
+    no failed request, instead of leaving the adopted replicas on the old arguments."""
+    d = run_daemon()
+    before = {r["pid"] for r in d.wait_ready("portal", 2)}
+    d.proc.send_signal(signal.SIGUSR2)  # a handover: the replicas keep running
+    assert d.proc.wait(timeout=15) == 0
+    text = d.config.read_text()
+    new_arg = f'args = ["--edge", "{sim.edge}", "--retries", "3"]'
+    d.config.write_text(text.replace(f'args = ["--edge", "{sim.edge}"]', new_arg))
+    d2 = start_daemon(d.config)
+    try:
+        with Load(sim, "portal", rate_per_second=20) as load:
+
+            def rolled() -> bool:
+                prim = d2.wait_ready("portal", 2)
+                return all(
+                    "--retries" in psutil.Process(r["pid"]).cmdline() for r in prim
+                ) and not any(r["role"] != "primary" for r in d2.tunnel("portal")["replicas"])
+
+            wait_until(rolled, timeout=60, what="replicas rolled to the new arguments")
+        assert not before & {r["pid"] for r in d2.primaries("portal")}
+        assert "replica_adopted" in d2.output()
+    finally:
+        d2.stop()
+    assert load.failed == 0, load.failures[:5]
