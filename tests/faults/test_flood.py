@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests.alerts.receiver import Receiver
@@ -28,6 +27,7 @@ from tests.faults.conftest import (
     webhook_sink,
 )
 from tests.harness import Daemon, Sim
+from tests.servers import assert_no_replicas_left
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.system
@@ -39,13 +39,28 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def replicas_of(root: Path) -> list[psutil.Process]:
-    return [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if any(str(root) in part for part in (p.info["cmdline"] or []))
-        and "cloudflared" in " ".join(p.info["cmdline"] or [])
-    ]
+def paged_daemon(
+    tmp_path: Path,
+    sim: Sim,
+    hook: Receiver,
+    whsec: tuple[str, Path],
+    run_daemon: Callable[..., Daemon],
+    *,
+    args: str,
+    for_seconds: float = 2,
+) -> Daemon:
+    """The daemon paging ``hook``, its replicas started with ``args`` (a TOML list)."""
+    sink = webhook_sink(f"{hook.url}/hook", whsec[1], name="oncall")
+    cfg = fault_config(tmp_path, sim, extra=alerts_toml(sink, for_seconds=for_seconds))
+    cfg.write_text(cfg.read_text().replace(f'args = ["--edge", "{sim.edge}"]', f"args = {args}"))
+    return run_daemon(cfg)
+
+
+def first_page(hook: Receiver, alertname: str) -> dict[str, object]:
+    fired = wait_until(
+        lambda: alerts_named(hook, alertname, "firing"), timeout=30, what=f"{alertname} paged"
+    )
+    return dict(fired[0])
 
 
 def test_a_refused_edge_floods_and_the_daemon_stays_cheap_truthful_and_stoppable(
@@ -56,17 +71,10 @@ def test_a_refused_edge_floods_and_the_daemon_stays_cheap_truthful_and_stoppable
     run_daemon: Callable[..., Daemon],
 ) -> None:
     hook = receivers()
-    cfg = fault_config(
-        tmp_path,
-        sim,
-        extra=alerts_toml(webhook_sink(f"{hook.url}/hook", whsec[1], name="oncall"), for_seconds=1),
-    )
-    cfg.write_text(cfg.read_text().replace(sim.edge, f"127.0.0.1:{closed_port()}"))
-    d = run_daemon(cfg)
-    down = wait_until(
-        lambda: alerts_named(hook, "TunnelDown", "firing"), timeout=30, what="TunnelDown paged"
-    )
-    assert "connection refused" in down[0]["annotations"]["cause"]
+    refused = f'["--edge", "127.0.0.1:{closed_port()}"]'
+    d = paged_daemon(tmp_path, sim, hook, whsec, run_daemon, args=refused)
+    down = first_page(hook, "TunnelDown")
+    assert "connection refused" in down["annotations"]["cause"]  # type: ignore[index]
     # The replicas really flood, and the daemon relays next to nothing of it.
     wait_until(
         lambda: metric(d, "tunnelkeeper_child_log_lines_skipped_total") > 20_000,
@@ -80,7 +88,7 @@ def test_a_refused_edge_floods_and_the_daemon_stays_cheap_truthful_and_stoppable
     # period (5 s in this config) plus the kill wait; no replica left behind.
     d.proc.send_signal(signal.SIGTERM)
     assert d.proc.wait(timeout=5 + 5 + 10) == 0
-    assert replicas_of(tmp_path) == []
+    assert_no_replicas_left(tmp_path)
 
 
 def test_a_dns_outage_makes_replicas_exit_in_a_loop_backed_off_and_paged_with_the_cause(
@@ -91,19 +99,10 @@ def test_a_dns_outage_makes_replicas_exit_in_a_loop_backed_off_and_paged_with_th
     run_daemon: Callable[..., Daemon],
 ) -> None:
     hook = receivers()
-    cfg = fault_config(
-        tmp_path,
-        sim,
-        extra=alerts_toml(webhook_sink(f"{hook.url}/hook", whsec[1], name="oncall"), for_seconds=1),
-    )
-    cfg.write_text(cfg.read_text().replace(f'args = ["--edge", "{sim.edge}"]', "args = []"))
-    d = run_daemon(cfg)
+    d = paged_daemon(tmp_path, sim, hook, whsec, run_daemon, args="[]")  # no --edge: DNS
     started = time.monotonic()
-    down = wait_until(
-        lambda: alerts_named(hook, "TunnelDown", "firing"), timeout=30, what="TunnelDown paged"
-    )
-    assert "edge discovery" in down[0]["annotations"]["cause"]
-    assert "DNS query failed" in down[0]["annotations"]["cause"]
+    cause = str(first_page(hook, "TunnelDown")["annotations"]["cause"])  # type: ignore[index]
+    assert "edge discovery" in cause and "DNS query failed" in cause
     wait_until(lambda: time.monotonic() - started >= 15, timeout=20, interval=1.0)
     spawned = events(d, "replica_spawned")
     # A replica lives ~0.6 s: without backoff 2 slots would start ~50 times in 15 s.

@@ -105,9 +105,15 @@ def slot_cause(sup: TunnelSupervisor, slot: int) -> str | None:
     """The last distinct error cloudflared logged for the slot: its running replica's, else
     the last exited one's."""
     for r in sorted(sup.replicas.values(), key=lambda r: -r.rid.generation):
-        if r.rid.slot == slot and r.proc.relay.cause:
+        if r.rid.slot != slot:
+            continue
+        if not r.proc.relay.cause:
+            r.proc.catch_up()  # only while something is wrong with the slot: cheap
+        if r.proc.relay.cause:
             return r.proc.relay.cause
     last = sup.slots[slot].last_exit if slot < len(sup.slots) else None
+    if last and isinstance(last.get("cause"), str):
+        return str(last["cause"])
     errors = (last or {}).get("errors") or []
     return str(errors[-1]) if isinstance(errors, list) and errors else None
 

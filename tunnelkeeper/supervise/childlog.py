@@ -100,12 +100,7 @@ class FloodGate:
 
     def admit(self, key: str, now: float) -> tuple[bool, dict[str, int]]:
         """Whether to emit this line, plus summaries {key: suppressed count} of a closed window."""
-        summaries: dict[str, int] = {}
-        if now - self._window_start >= self.window_seconds:
-            summaries = {k: v for k, v in self._suppressed.items() if v}
-            self._window_start = now
-            self._counts.clear()
-            self._suppressed.clear()
+        summaries = self._roll(now)
         seen = self._counts.get(key, 0)
         if seen < self.burst and (key in self._counts or len(self._counts) < self.max_kinds):
             self._counts[key] = seen + 1
@@ -149,6 +144,9 @@ class RecentErrors:
 
     size: int = 5
     lines: deque[str] = field(default_factory=lambda: deque(maxlen=5))
+    # the last line that carried an error value (cloudflared's "error" field): the cause a
+    # page shows, rather than the last line of a help text logged at error level
+    cause: str | None = None
 
     def add(self, line: ChildLine) -> None:
         # Plain-text lines are how cloudflared reports fatal start errors (bad token, port taken).
@@ -157,3 +155,5 @@ class RecentErrors:
             text = f"{line.message}: {err}" if isinstance(err, str) and err else line.message
             if not self.lines or self.lines[-1] != text:
                 self.lines.append(text)
+            if isinstance(err, str) and err:
+                self.cause = text

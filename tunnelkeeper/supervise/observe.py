@@ -117,6 +117,7 @@ class Observation:
                 "returncode": returncode,
                 "at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "errors": list(r.proc.recent_errors.lines),
+                "cause": r.proc.relay.cause,
                 "generation": r.rid.generation,
             }
             if r.ready_at is not None and now - r.ready_at >= STABLE_SECONDS:

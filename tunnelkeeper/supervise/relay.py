@@ -67,7 +67,8 @@ class Relay:
     @property
     def cause(self) -> str | None:
         """The last distinct error cloudflared logged (sanitised, bounded), if any."""
-        return self.recent_errors.lines[-1] if self.recent_errors.lines else None
+        errors = self.recent_errors
+        return errors.cause or (errors.lines[-1] if errors.lines else None)
 
     def block(self, data: bytes, backlog: bool = False) -> None:
         lines = data.count(b"\n")

@@ -23,7 +23,7 @@ import structlog
 from tunnelkeeper.atomicfile import write_private_file
 from tunnelkeeper.supervise.childlog import ChildLine, RecentErrors
 from tunnelkeeper.supervise.identity import RunAs
-from tunnelkeeper.supervise.logtail import LogTail, open_for_child, raise_ceiling
+from tunnelkeeper.supervise.logtail import READ_CHUNK, LogTail, open_for_child, raise_ceiling
 from tunnelkeeper.supervise.relay import Relay
 from tunnelkeeper.tunneltoken import TunnelToken
 
@@ -296,6 +296,12 @@ class ReplicaProcess:
                 by_kind=dict(sorted(counts.items(), key=lambda kv: -kv[1])[:10]),
                 first_lines=dict(list(first.items())[:10]),
             )
+
+    def catch_up(self) -> None:
+        """Relay what the replica has logged so far (bounded), e.g. so a page carries the
+        cause it just wrote rather than the one from the last tail pass."""
+        with contextlib.suppress(OSError):
+            self._tail.read_available(READ_CHUNK)
 
     @property
     def recent_errors(self) -> RecentErrors:
