@@ -105,8 +105,19 @@ def run(work: Path, replicas: int, window: float, daemon_python: str | None) -> 
             "loop_lag_ms_p99": lag["p99_ms"],
         }
     finally:
+        stopped = time.monotonic()
         d.stop(timeout=60)
+        stop_s = time.monotonic() - stopped
+        orphans = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if str(work) in " ".join(p.info["cmdline"] or [])
+            and "cloudflared" in " ".join(p.info["cmdline"] or [])
+        ]
+        for p in orphans:  # replicas the daemon left running: killed, and reported
+            p.kill()
         sim.stop()
+        print(f"stop_seconds {stop_s:.1f} orphaned_replicas {len(orphans)}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

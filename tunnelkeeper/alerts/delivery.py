@@ -4,6 +4,9 @@ A slow or failing sink only ever delays itself: each sink has its own worker, HT
 retry schedule, and :meth:`Dispatcher.enqueue` is a local SQLite write (no fsync, see outbox.py),
 so the supervision loop never waits on a network. Per sink the outbox is FIFO, so a resolve never
 overtakes its fire; a row in backoff holds back the rows behind it on that sink only.
+
+Over 300 lines because a sink's worker loop and the dispatcher that starts and feeds the workers
+share the retry state.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ poller keeps to ``fleet.request_budget`` requests per 300 s window whatever the 
 * a sliding-window log of the requests actually made is a hard guard: a call that does not fit
   is not made (a round cut short resumes at the tunnel it stopped at, so none starves);
 * on HTTP 429 every call stops until ``retry-after`` has passed.
+
+Over 300 lines because the poller and its budgeted schedule are one loop.
 """
 
 from __future__ import annotations

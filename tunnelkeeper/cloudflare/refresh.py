@@ -6,6 +6,9 @@ keep their live connections but can register no new ones. So everything that can
 checked *before* the PATCH ([fleet] credentials, a writable and readable source, the tunnel id),
 the PATCH → GET token → write sequence is not interrupted by a cancellation, and a failure after
 the PATCH says loudly that the secret changed and the new token is not stored.
+
+Over 300 lines because one operator command, step by step, with the recovery text for each step
+that can fail.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 One loop: wait for an event (a replica exited, a probe saw a change, a signal) or the next
 tick, then converge every tunnel. Signal handlers only set events. What the HTTP endpoints
 answer is in :mod:`~tunnelkeeper.service.endpoints`.
+
+Over 300 lines because the wiring, the loop and the shutdown order of one process; endpoints,
+fail-static machinery, guards, API tasks and the tunnel set are already split out.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 The Prometheus text is written here from a small registry of values so that the family
 names are cloudflared's own: Go's client names counters without a ``_total`` suffix
 (``cloudflared_tunnel_total_requests``), which prometheus_client would rename.
+
+Over 300 lines because the metric families must be written together to match cloudflared's
+exposition.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ Test knobs, read from the environment (all off by default):
   ``exit-after=<seconds>`` exits with status 1 after that long;
   ``garbage-output`` writes binary junk, non-JSON text and a 1 MB line to stdout and stderr
   every second besides the normal logs. Unknown values are ignored with a warning log line.
+
+Over 300 lines because start-up, serving and exit of the simulated binary, in cloudflared's
+order.
 """
 
 from __future__ import annotations

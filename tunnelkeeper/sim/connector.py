@@ -15,6 +15,9 @@ Retry policy, as cloudflared's:
 
 Connection 0 registers first; connections 1..N-1 then start 1 s apart. On drain every live
 connection sends ``unregister`` and answers new requests with ``refused``.
+
+Over 300 lines because one serve loop's life, from dial through register and serve to drain,
+reads best in one place; the full-speed dial loop already lives in sim/flood.py.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Policy deadlines use the injected monotonic clock; the wall clock only stamps the
 ``*_at`` fields that the API shows to people.
+
+Over 300 lines because the simulated account is one pure state machine.
 """
 
 from __future__ import annotations

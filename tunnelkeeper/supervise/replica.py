@@ -3,6 +3,9 @@
 The token reaches the child only through a 0600 file named on ``--token-file``; the child's
 environment is built from an allow-list, so an inherited TUNNEL_TOKEN (which would silently
 override the file) or our own NOTIFY_SOCKET never leaks in.
+
+Over 300 lines because spawn, watch, relay and stop are one process's lifecycle and share its
+state; the log tail and relay are already their own modules.
 """
 
 from __future__ import annotations

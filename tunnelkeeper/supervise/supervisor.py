@@ -4,6 +4,9 @@ do it (here).
 Each replica has a probe task that polls its /ready (fast while starting, every
 ``probe_interval_seconds`` after) and wakes the daemon loop when something changes; exits wake
 it at once. ``converge`` is called from that single loop, so state has one writer.
+
+Over 300 lines because the acting half of the supervisor (the observing half is observe.py, the
+roll bookkeeping rollout.py).
 """
 
 from __future__ import annotations
