@@ -133,11 +133,12 @@ def test_draining_replica_gets_no_new_requests_and_finishes_in_flight(
             timeout=10,
             what="a draining",
         )
-        served_a = connector(sim, a_id).get("requests_served", 0)
         replies = [get(sim) for _ in range(6)]
         assert [r.status_code for r in replies] == [200] * 6
         assert connector(sim, b_id)["requests_served"] == 6
-        assert connector(sim, a_id).get("requests_served", served_a) == served_a
+        # a served nothing new; its count may include the slow request, which it finishes
+        # meanwhile (on a loaded machine the six fast ones can take longer than its 3 s)
+        assert connector(sim, a_id).get("requests_served", 0) <= 1
     finally:
         thread.join(timeout=30)
     assert slow["r"].status_code == 200 and slow["r"].text.startswith("slept 3s")
