@@ -86,8 +86,10 @@ class DaemonWeb:
             try:
                 http_loop.run_until_complete(bind())
             except BaseException as exc:  # handed to start()'s caller
-                self.loop.call_soon_threadsafe(report, exc)  # type: ignore[union-attr]
+                for server in self._servers:
+                    server.close()
                 http_loop.close()
+                self.loop.call_soon_threadsafe(report, exc)  # type: ignore[union-attr]
                 return
             self.loop.call_soon_threadsafe(report, None)  # type: ignore[union-attr]
             http_loop.run_forever()
@@ -96,7 +98,14 @@ class DaemonWeb:
 
         self._thread = threading.Thread(target=run, name="tunnelkeeper-http", daemon=True)
         self._thread.start()
-        await started
+        try:
+            await started
+        except BaseException:
+            # The thread has closed its loop and is ending: nothing is left for aclose().
+            await asyncio.to_thread(self._thread.join, LOOP_CALL_TIMEOUT_SECONDS)
+            self._http_loop = self._thread = None
+            self._servers.clear()
+            raise
 
     async def _bind_control(self, pool: ConnectionPool, path: Path) -> asyncio.Server:
         if path.is_socket():
@@ -130,7 +139,7 @@ class DaemonWeb:
 
     async def aclose(self) -> None:
         http_loop, thread = self._http_loop, self._thread
-        if http_loop is None or thread is None or not thread.is_alive():
+        if http_loop is None or thread is None or not thread.is_alive() or http_loop.is_closed():
             return
 
         async def stop() -> None:
