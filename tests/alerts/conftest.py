@@ -82,36 +82,47 @@ class Alertmanager:
     webhook: Receiver
 
 
+DEFAULT_AM_CONFIG = (
+    "route: {receiver: tk-webhook, group_by: [alertname], group_wait: 1s,"
+    " group_interval: 1s, repeat_interval: 1h}\n"
+    "receivers: [{name: tk-webhook, webhook_configs:"
+    " [{url: 'WEBHOOK_URL', send_resolved: true}]}]\n"
+)
+
+
 @pytest.fixture
-def alertmanager(tmp_path: Path, receivers: Callable[..., Receiver]) -> Iterator[Alertmanager]:
+def make_alertmanager(
+    tmp_path: Path, receivers: Callable[..., Receiver]
+) -> Iterator[Callable[[str], Alertmanager]]:
+    """A real Alertmanager on loopback with the given config, whose ``WEBHOOK_URL`` is replaced
+    by a local receiver's ``/hook``."""
     binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
     if binary is None:
         pytest.fail("prometheus-alertmanager is not installed (tests/run.sh installs it)")
-    webhook = receivers()
-    config = tmp_path / "alertmanager.yml"
-    config.write_text(
-        "route: {receiver: tk-webhook, group_by: [alertname], group_wait: 1s,"
-        " group_interval: 1s, repeat_interval: 1h}\n"
-        "receivers: [{name: tk-webhook, webhook_configs:"
-        f" [{{url: '{webhook.url}/hook', send_resolved: true}}]}}]\n"
-    )
-    storage = tmp_path / "am-data"
-    storage.mkdir()
-    port = free_port()
-    log = (tmp_path / "alertmanager.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.path={storage}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
+    running: list[tuple[subprocess.Popen[bytes], Any]] = []
+
+    def start(config_text: str) -> Alertmanager:
+        webhook = receivers()
+        home = tmp_path / f"am{len(running)}"
+        storage = home / "data"
+        storage.mkdir(parents=True)
+        config = home / "alertmanager.yml"
+        config.write_text(config_text.replace("WEBHOOK_URL", f"{webhook.url}/hook"))
+        port = free_port()
+        log = (home / "alertmanager.log").open("wb")
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.path={storage}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        running.append((proc, log))
+        url = f"http://127.0.0.1:{port}"
         wait_until(
             lambda: (
                 proc.poll() is None and httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
@@ -119,8 +130,10 @@ def alertmanager(tmp_path: Path, receivers: Callable[..., Receiver]) -> Iterator
             timeout=20,
             what="alertmanager ready",
         )
-        yield Alertmanager(url, webhook)
-    finally:
+        return Alertmanager(url, webhook)
+
+    yield start
+    for proc, log in running:
         proc.terminate()
         try:
             proc.wait(timeout=10)
@@ -128,3 +141,8 @@ def alertmanager(tmp_path: Path, receivers: Callable[..., Receiver]) -> Iterator
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture
+def alertmanager(make_alertmanager: Callable[[str], Alertmanager]) -> Alertmanager:
+    return make_alertmanager(DEFAULT_AM_CONFIG)

@@ -28,7 +28,9 @@ async def main(args: argparse.Namespace) -> None:
     )
     pipeline = AlertPipeline(
         "origin-01",
-        AlertsConfig(for_seconds=0, sinks=(sink,)),
+        # one page per alert (no incidents): this driver tests the outbox's durability per id;
+        # incidents across a restart: tests/alerts/test_incidents.py
+        AlertsConfig(for_seconds=0, sinks=(sink,), group_by_tunnel=False),
         Path(args.state_dir),
         Metrics(),
         resolve_hold_seconds=0,

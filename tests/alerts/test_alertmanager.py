@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -59,3 +60,56 @@ async def _webhook(am: Alertmanager, status: str) -> dict[str, Any]:
         return {}
 
     return await await_until(arrived, timeout=30, what=f"alertmanager webhook {status}")
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "monitoring/alertmanager/alertmanager.example.yml"
+
+
+async def test_the_shipped_alertmanager_config_makes_a_dns_outage_one_incident_with_tunnel_down(
+    tmp_path: Path, make_alertmanager: Callable[[str], Alertmanager], metrics: Metrics
+) -> None:
+    """Every alert goes to Alertmanager as it is; the shipped example's group_by and
+    inhibit_rules make the replicas' alerts of a downed tunnel silent there too, and leave the
+    fleet-wide alert alone."""
+    text = EXAMPLE.read_text().replace(
+        "http://127.0.0.1:9999/replace-with-your-receiver", "WEBHOOK_URL"
+    )
+    am = make_alertmanager(text)
+    sink = SinkConfig(kind="alertmanager", name="am", url=am.url)
+    pipeline = AlertPipeline(
+        "origin-01", AlertsConfig(for_seconds=0, sinks=(sink,)), tmp_path / "state", metrics
+    )
+    await pipeline.start()
+    try:
+        outage = [
+            Condition("TunnelDown", {"tunnel": "portal"}),
+            *(Condition("ReplicaDown", {"tunnel": "portal", "slot": str(s)}) for s in (0, 1)),
+            *(
+                Condition("ReplicaCrashLooping", {"tunnel": "portal", "slot": str(s)})
+                for s in (0, 1)
+            ),
+        ]
+        sent = pipeline.observe(outage, now=0.0)
+        assert len(sent) == 5  # Alertmanager gets all of them
+        first = await _webhook(am, "firing")
+        assert [a["labels"]["alertname"] for a in first["alerts"]] == ["TunnelDown"]
+        assert first["groupLabels"] == {"host": "origin-01", "tunnel": "portal"}
+        fleet = Condition("FleetConnectorsLow", {"tunnel": "portal"})
+        pipeline.observe([*outage, fleet], now=1.0)
+
+        async def fleet_page() -> list[dict[str, Any]]:
+            return [
+                r.json()
+                for r in am.webhook.received("/hook")
+                if r.json()["groupLabels"].get("alertname") == "FleetConnectorsLow"
+            ]
+
+        await await_until(fleet_page, timeout=30, what="the fleet-wide alert, not inhibited")
+        told = {
+            a["labels"]["alertname"]
+            for r in am.webhook.received("/hook")
+            for a in r.json()["alerts"]
+        }
+        assert told == {"TunnelDown", "FleetConnectorsLow"}
+    finally:
+        await pipeline.aclose()

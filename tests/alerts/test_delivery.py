@@ -232,6 +232,37 @@ async def test_alertmanager_sink_resends_while_firing_and_after_resolve(
     assert deliveries(metrics, "am", "delivered") == 2  # re-sends are not counted
 
 
+async def test_a_fleet_wide_alert_is_reposted_only_when_a_fresh_poll_confirms_it(
+    receivers: Callable[..., Receiver], dispatchers: Make, metrics: Metrics
+) -> None:
+    """Another host may have resolved it since: a timer re-post would open it again."""
+    am = receivers()
+    d = await dispatchers(
+        [SinkConfig(kind="alertmanager", name="am", url=am.url)], resend_interval_seconds=0.2
+    )
+    fleet, _ = fire_and_resolve("FleetConnectorsLow", {"tunnel": "portal"})
+    local, _ = fire_and_resolve("TunnelDown", {"tunnel": "admin"})
+    assert fleet.alert.is_fleet_wide and "host" not in fleet.alert.labels
+    d.enqueue([fleet, local])
+
+    def posts(name: str) -> int:
+        return sum(
+            1
+            for r in am.received("/api/v2/alerts")
+            for a in r.json()
+            if a["labels"]["alertname"] == name
+        )
+
+    # the local alert is re-posted on its timer, several times; the fleet one never
+    await await_until(lambda: _true(posts("TunnelDown") >= 5), what="timer re-sends")
+    assert posts("FleetConnectorsLow") == 1
+    d.confirm({fleet.alert.fingerprint})  # a poll still shows it
+    await await_until(lambda: _true(posts("FleetConnectorsLow") == 2), what="the confirmed re-post")
+    d.confirm({"someone-else"})
+    await await_until(lambda: _true(posts("TunnelDown") >= 10), what="more timer re-sends")
+    assert posts("FleetConnectorsLow") == 2
+
+
 _seen: dict[int, int] = {}
 
 

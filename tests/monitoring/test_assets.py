@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +159,22 @@ def test_dashboard_queries_only_exported_metrics() -> None:
         "tunnelkeeper_fleet_colo_connections",
     ):
         assert name in used, name
+
+
+ALERTMANAGER_EXAMPLE = (
+    Path(__file__).resolve().parents[2] / "monitoring/alertmanager/alertmanager.example.yml"
+)
+
+
+def test_amtool_checks_the_alertmanager_example() -> None:
+    amtool = shutil.which("amtool")
+    assert amtool is not None, "amtool (prometheus-alertmanager) is not installed"
+    result = subprocess.run(
+        [amtool, "check-config", str(ALERTMANAGER_EXAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 inhibit rules" in result.stdout

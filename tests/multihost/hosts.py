@@ -51,6 +51,9 @@ token = {{ source = "file", path = "{sim.token_file(TUNNEL)}" }}
 [alerts]
 for_seconds = 5
 resolve_hold_seconds = {RESOLVE_HOLD_SECONDS}
+# re-post every second: a fleet-wide alert re-posted on a timer after another host resolved it
+# would open it again in Alertmanager within the test (the bug of the first release)
+resend_interval_seconds = 1
 
 [alerts.overrides.FleetConnectorsLow]
 for_seconds = {FLEET_FOR_SECONDS}

@@ -48,8 +48,10 @@ CHECKPOINT_INTERVAL_SECONDS = 10.0
 
 
 def wants(sink: SinkConfig, n: Notification) -> bool:
-    """Severity routing: the sink gets notifications at or above its min_severity."""
-    return SEVERITY_RANK.get(n.alert.severity, 1) >= SEVERITY_RANK.get(sink.min_severity, 0)
+    """Severity routing: the sink gets notifications at or above its min_severity (a page of
+    an incident if any of its members is)."""
+    floor = SEVERITY_RANK.get(sink.min_severity, 0)
+    return any(SEVERITY_RANK.get(m.alert.severity, 1) >= floor for m in n.members)
 
 
 async def post(
@@ -252,13 +254,24 @@ class Dispatcher:
             await asyncio.to_thread(self.outbox.checkpoint)
 
     def enqueue(
-        self, notifications: Sequence[Notification], engine_state: Mapping[str, Any] | None = None
+        self,
+        notifications: Sequence[Notification],
+        engine_state: Mapping[str, Any] | None = None,
+        *,
+        pages: Sequence[Notification] | None = None,
     ) -> int:
         """Write the notifications (one row per sink that wants them) and wake those sinks.
+        With ``pages`` (the incidents' pages), sinks that page people directly get those, and
+        only Alertmanager sinks get the notifications one by one.
 
         Returns the rows written. Never raises: an outbox failure is logged.
         """
-        rows = [(s.name, n) for n in notifications for s in self.sinks if wants(s, n)]
+        rows = [
+            (s.name, n)
+            for s in self.sinks
+            for n in (notifications if pages is None or s.kind == "alertmanager" else pages)
+            if wants(s, n)
+        ]
         if not rows and engine_state is None:
             return 0
         added = 0
@@ -276,6 +289,13 @@ class Dispatcher:
                 worker.wake.set()
         self.update_pending()
         return added
+
+    def confirm(self, fingerprints: set[str]) -> None:
+        """Fleet-wide alerts a fresh poll still shows: Alertmanager sinks re-post them now."""
+        now = self.clock()
+        for worker in self._workers:
+            if worker.resends is not None and worker.resends.confirm(fingerprints, now):
+                worker.wake.set()
 
     def _fall_back_to_memory(self, reason: str) -> None:
         """The disk refuses writes (full, read-only, broken): keep paging from memory. What is

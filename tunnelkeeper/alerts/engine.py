@@ -21,7 +21,14 @@ from datetime import datetime
 from typing import Any
 
 from tunnelkeeper.alertcatalog import AlertSpec, render, spec_for
-from tunnelkeeper.alerts.notification import FIRING, RESOLVED, Alert, Condition, Notification
+from tunnelkeeper.alerts.notification import (
+    FIRING,
+    RESOLVED,
+    Alert,
+    Condition,
+    Notification,
+    fingerprint,
+)
 from tunnelkeeper.config.model import AlertsConfig
 
 SNAPSHOT_VERSION = 1
@@ -115,6 +122,34 @@ class AlertEngine:
     def firing(self) -> list[Alert]:
         """Alerts currently firing (including those holding before their resolve)."""
         return [inst.alert for inst in self._instances.values() if inst.is_firing]
+
+    def firing_and_holding(self) -> dict[str, Alert]:
+        """Firing alerts whose condition holds right now (not waiting out a resolve hold)."""
+        return {
+            key: inst.alert
+            for key, inst in self._instances.items()
+            if inst.is_firing and inst.clear_since is None
+        }
+
+    def active_or_firing(self, alertname: str) -> list[Alert]:
+        """Alerts of that name that are pending, firing or holding before their resolve."""
+        return [i.alert for i in self._instances.values() if i.alert.alertname == alertname]
+
+    def next_deadline(self) -> float | None:
+        """When the next evaluation could fire or resolve something: a pending alert's
+        ``for_seconds`` running out, or a clear one's resolve hold. The caller evaluates at
+        that moment, so a page waits for nothing but its own hold time."""
+        times = []
+        for inst in self._instances.values():
+            if not inst.is_firing:
+                times.append(inst.active_since + self.for_seconds(inst.alert.alertname))
+            elif inst.clear_since is not None:
+                times.append(inst.clear_since + self.resolve_hold_seconds)
+        return min(times) if times else None
+
+    def fingerprint_of(self, condition: Condition) -> str:
+        """The identity of the alert ``condition`` raises."""
+        return fingerprint(self._labels(condition, spec_for(condition.alertname)))
 
     def _alert_for(self, condition: Condition, wall: datetime) -> Alert:
         spec = spec_for(condition.alertname)

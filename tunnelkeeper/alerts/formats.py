@@ -18,16 +18,25 @@ def encode(payload: object) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def group_labels_of(n: Notification) -> dict[str, str]:
+    """An incident's group labels (host, tunnel); a lone alert is a group of its own."""
+    return dict(n.incident.labels) if n.incident is not None else dict(n.alert.labels)
+
+
 def group_key(n: Notification) -> str:
-    """Alertmanager-style group key: one alert per group, so it names the whole label set."""
-    inner = ", ".join(f'{k}="{v}"' for k, v in sorted(n.alert.labels.items()))
+    """Alertmanager-style group key: the same for every page of a group."""
+    inner = ", ".join(f'{k}="{v}"' for k, v in sorted(group_labels_of(n).items()))
     return "{}:{" + inner + "}"
 
 
-def webhook_payload(n: Notification, receiver: str, external_url: str = "") -> dict[str, Any]:
-    """Alertmanager webhook v4, with exactly this one alert."""
+def _common(maps: Sequence[dict[str, str]]) -> dict[str, str]:
+    first = maps[0]
+    return {k: v for k, v in first.items() if all(m.get(k) == v for m in maps[1:])}
+
+
+def _webhook_alert(n: Notification) -> dict[str, Any]:
     alert = n.alert
-    entry = {
+    return {
         "status": n.status,
         "labels": dict(alert.labels),
         "annotations": dict(alert.annotations),
@@ -36,17 +45,22 @@ def webhook_payload(n: Notification, receiver: str, external_url: str = "") -> d
         "generatorURL": alert.generator_url,
         "fingerprint": alert.fingerprint,
     }
+
+
+def webhook_payload(n: Notification, receiver: str, external_url: str = "") -> dict[str, Any]:
+    """Alertmanager webhook v4: this alert, or every alert of the incident's page."""
+    members = n.members
     return {
         "version": "4",
         "groupKey": group_key(n),
         "truncatedAlerts": 0,
         "status": n.status,
         "receiver": receiver,
-        "groupLabels": dict(alert.labels),
-        "commonLabels": dict(alert.labels),
-        "commonAnnotations": dict(alert.annotations),
-        "externalURL": external_url or alert.generator_url,
-        "alerts": [entry],
+        "groupLabels": group_labels_of(n),
+        "commonLabels": _common([dict(m.alert.labels) for m in members]),
+        "commonAnnotations": _common([dict(m.alert.annotations) for m in members]),
+        "externalURL": external_url or n.alert.generator_url,
+        "alerts": [_webhook_alert(m) for m in members],
     }
 
 
@@ -82,23 +96,53 @@ def headline(n: Notification) -> str:
     return f"RESOLVED {alert.alertname} {_target(n)} — {summary} (lasted {lasted})"
 
 
+def _also(n: Notification) -> list[Notification]:
+    """An incident's members other than its lead."""
+    return [m for m in n.members if m.alert.fingerprint != n.alert.fingerprint]
+
+
+def incident_headline(n: Notification) -> str:
+    """The lead's headline, for an incident with how many other alerts it lists."""
+    lead = next((m for m in n.members if m.alert.fingerprint == n.alert.fingerprint), n)
+    text = headline(lead)
+    if n.incident is not None and n.incident.update:
+        text = f"[update {n.incident.update}] {text}"
+    others = len(_also(n))
+    if others:
+        text += f" (+{others} more)"
+    return text
+
+
 def slack_payload(n: Notification) -> dict[str, Any]:
+    """One message per page: the lead's headline, then a line per other alert of the page."""
     if n.is_firing:
-        text = ":red_circle: " + headline(n)
+        text = ":red_circle: " + incident_headline(n)
         runbook = n.alert.annotations.get("runbook")
         if runbook:
             text += f"\n_runbook:_ {runbook}"
     else:
-        text = ":large_green_circle: " + headline(n)
+        text = ":large_green_circle: " + incident_headline(n)
+    for m in _also(n):
+        text += "\n• " + headline(m)
     return {"text": text}
 
 
+def dedup_key(n: Notification) -> str:
+    """PagerDuty's dedup_key: one per incident (every update and its resolve use it), or per
+    alert instance for a lone alert (equal on every host if fleet-wide)."""
+    if n.incident is not None:
+        return f"tunnelkeeper/incident/{n.incident.key}"
+    return n.alert.dedup_key
+
+
 def pagerduty_payload(n: Notification, routing_key: str) -> dict[str, Any]:
-    """Events API v2: trigger with the full payload, resolve with the dedup_key only."""
+    """Events API v2: trigger with the full payload (an incident's later pages are triggers
+    with the same dedup_key, which PagerDuty folds into the open incident), resolve with the
+    dedup_key only."""
     alert = n.alert
     if not n.is_firing:
-        return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": alert.dedup_key}
-    summary = headline(n)
+        return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": dedup_key(n)}
+    summary = incident_headline(n)
     if len(summary) > PAGERDUTY_SUMMARY_LIMIT:
         summary = summary[: PAGERDUTY_SUMMARY_LIMIT - 1] + "…"
     payload: dict[str, Any] = {
@@ -109,12 +153,17 @@ def pagerduty_payload(n: Notification, routing_key: str) -> dict[str, Any]:
         "class": alert.alertname,
         "custom_details": {**alert.labels, **alert.annotations},
     }
+    if n.incident is not None:
+        payload["custom_details"]["alerts"] = [
+            {"status": m.status, **m.alert.labels, "summary": m.alert.annotations.get("summary")}
+            for m in n.members
+        ]
     if "tunnel" in alert.labels:
         payload["component"] = alert.labels["tunnel"]
     body: dict[str, Any] = {
         "routing_key": routing_key,
         "event_action": "trigger",
-        "dedup_key": alert.dedup_key,
+        "dedup_key": dedup_key(n),
         "payload": payload,
         "client": "tunnelkeeper",
     }

@@ -112,29 +112,80 @@ class Alert:
 
 
 @dataclass(frozen=True)
+class Incident:
+    """What makes a notification a page of an incident (see :mod:`~tunnelkeeper.alerts.incidents`):
+    the group it belongs to, which update of it this is, and every alert it lists."""
+
+    labels: Mapping[str, str]  # the group's labels: host and tunnel
+    opened_at: datetime  # wall clock of the incident's first page
+    update: int  # 0 for the first page, then 1, 2, ...
+    members: tuple[Notification, ...]
+
+    @property
+    def key(self) -> str:
+        """Per incident: equal on every page of it, new for the tunnel's next incident."""
+        opened_ms = int(self.opened_at.timestamp() * 1000)
+        return f"{fingerprint(self.labels)}-{opened_ms}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "labels": dict(self.labels),
+            "opened_at": self.opened_at.isoformat(),
+            "update": self.update,
+            "members": [m.to_dict() for m in self.members],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Incident:
+        members = data["members"]
+        update = data["update"]
+        if not isinstance(members, list) or not members or not isinstance(update, int):
+            raise ValueError("malformed incident")
+        return cls(
+            labels=_str_map(data["labels"]),
+            opened_at=parse_time(str(data["opened_at"])),
+            update=update,
+            members=tuple(Notification.from_dict(m) for m in members),
+        )
+
+
+@dataclass(frozen=True)
 class Notification:
-    """A firing or resolved message about one alert instance, as sent to every sink."""
+    """A firing or resolved message about one alert instance, as sent to every sink; or, with
+    ``incident``, one page of an incident listing several (``alert`` is then its lead)."""
 
     status: str  # FIRING | RESOLVED
     alert: Alert
     ends_at: datetime | None = None  # set when resolved: the condition cleared at this time
+    incident: Incident | None = None
 
     @property
     def id(self) -> str:
-        """Stable across retries and restarts: fingerprint + fire time + status (no dots)."""
+        """Stable across retries and restarts: fingerprint + fire time + status (no dots); for
+        an incident's page, the incident and the update's number."""
+        if self.incident is not None:
+            return f"i{self.incident.key}-{self.incident.update}"
         fired_ms = int(self.alert.fired_at.timestamp() * 1000)
         return f"{self.alert.fingerprint}-{fired_ms}-{self.status}"
+
+    @property
+    def members(self) -> tuple[Notification, ...]:
+        """The alerts this message is about: an incident's members, else itself."""
+        return self.incident.members if self.incident is not None else (self,)
 
     @property
     def is_firing(self) -> bool:
         return self.status == FIRING
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "status": self.status,
             "alert": self.alert.to_dict(),
             "ends_at": self.ends_at.isoformat() if self.ends_at else None,
         }
+        if self.incident is not None:
+            out["incident"] = self.incident.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Notification:
@@ -142,10 +193,12 @@ class Notification:
         if status not in (FIRING, RESOLVED):
             raise ValueError(f"unknown status {status!r}")
         ends_at = data.get("ends_at")
+        incident = data.get("incident")
         return cls(
             status=status,
             alert=Alert.from_dict(data["alert"]),
             ends_at=parse_time(str(ends_at)) if ends_at else None,
+            incident=Incident.from_dict(incident) if incident is not None else None,
         )
 
 

@@ -23,6 +23,7 @@ import structlog
 from tunnelkeeper.alertcatalog import ALERT_NAMES
 from tunnelkeeper.alerts.delivery import Clock, Dispatcher
 from tunnelkeeper.alerts.engine import AlertEngine
+from tunnelkeeper.alerts.incidents import Incidents, evaluate
 from tunnelkeeper.alerts.notification import Alert, Condition, Notification, rfc3339
 from tunnelkeeper.alerts.outbox import Outbox, OutboxError
 from tunnelkeeper.config.model import AlertsConfig
@@ -53,6 +54,7 @@ class AlertPipeline:
         self.engine = AlertEngine(
             host, config, resolve_hold_seconds=resolve_hold_seconds, generator_url=generator_url
         )
+        self.incidents = Incidents(config)
         self._dispatcher_options = dispatcher_options
         self._outbox: Outbox | None = None
         self._dispatcher: Dispatcher | None = None
@@ -66,6 +68,8 @@ class AlertPipeline:
             log.error("alerts_state_unreadable", error=str(exc))
             state = None
         restored = self.engine.restore(state, self.clock())
+        if isinstance(state, dict):
+            self.incidents.restore(state.get("incidents"), self.clock())
         if restored:
             log.info("alerts_restored", firing=restored)
         self._dispatcher = Dispatcher(
@@ -84,14 +88,17 @@ class AlertPipeline:
     def observe(
         self, active: Iterable[Condition], now: float | None = None, wall: datetime | None = None
     ) -> list[Notification]:
-        """Evaluate this tick's conditions; store and dispatch what fires or resolves."""
+        """Evaluate this tick's conditions; store and dispatch what fires or resolves: every
+        alert to Alertmanager sinks, the incidents' pages to the others."""
         if self._dispatcher is None:
             raise RuntimeError("AlertPipeline.observe() before start()")
-        notifications = self.engine.evaluate(
-            active, self.clock() if now is None else now, wall or datetime.now(UTC)
-        )
-        if notifications:
-            self._dispatcher.enqueue(notifications, engine_state=self.engine.snapshot())
+        active = list(active)
+        now = self.clock() if now is None else now
+        wall = wall or datetime.now(UTC)
+        notifications, pages = evaluate(self.engine, self.incidents, active, now, wall)
+        if notifications or pages:
+            state = {**self.engine.snapshot(), "incidents": self.incidents.snapshot()}
+            self._dispatcher.enqueue(notifications, engine_state=state, pages=pages)
             for n in notifications:
                 log.info(
                     "alert_" + ("fired" if n.is_firing else "resolved"),
@@ -99,11 +106,39 @@ class AlertPipeline:
                     labels=dict(n.alert.labels),
                     notification_id=n.id,
                 )
+            for page in pages:
+                if page.incident is not None:
+                    log.info(
+                        "incident_" + ("opened" if page.incident.update == 0 else "updated"),
+                        incident=page.incident.key,
+                        status=page.status,
+                        update=page.incident.update,
+                        alerts=[
+                            " ".join((m.alert.alertname, m.alert.labels.get("slot", "-"), m.status))
+                            for m in page.incident.members
+                        ],
+                    )
             self._update_gauge()
         return notifications
 
     def firing(self) -> list[Alert]:
         return self.engine.firing()
+
+    def confirm(self, conditions: Iterable[Condition]) -> None:
+        """A fresh fleet poll still shows these conditions: their firing fleet-wide alerts are
+        re-posted to Alertmanager now (and only then: see :mod:`~tunnelkeeper.alerts.resend`)."""
+        if self._dispatcher is None:
+            return
+        firing = {a.fingerprint for a in self.engine.firing()}
+        shown = {self.engine.fingerprint_of(c) for c in conditions}
+        if shown & firing:
+            self._dispatcher.confirm(shown & firing)
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`observe` must run next for a page to leave on time (a pending alert's
+        hold running out, a resolve hold, an incident's update window), or None."""
+        times = [t for t in (self.engine.next_deadline(), self.incidents.next_deadline()) if t]
+        return min(times) if times else None
 
     def status(self) -> dict[str, Any]:
         """JSON-able view for ``tunnelkeeper status``."""

@@ -3,7 +3,11 @@
 Alertmanager expires a firing alert that is not re-posted within resolve_timeout, and a restarted
 Alertmanager only learns about a resolve if it is re-posted. So after a sink has durably delivered
 a notification, the latest state of each alert instance is re-posted every ``interval_seconds``:
-firing ones for as long as they fire, resolved ones for ``resolved_window_seconds``. Re-sends are
+firing ones for as long as they fire, resolved ones for ``resolved_window_seconds``. A fleet-wide
+firing alert is the exception: it is re-posted only when a fresh fleet poll still shows it
+(:meth:`ResendBook.confirm`), never on a timer, because another host may have resolved it since
+(its poll saw the recovery first) and a re-post from a host whose view is older would open it
+again in Alertmanager: a second page for one incident. Re-sends are
 best-effort and not stored; the fire and the resolve themselves are outbox rows, and a re-send
 never goes out before its row was delivered, so it cannot overtake it.
 """
@@ -23,6 +27,7 @@ class _Entry:
     notification: Notification
     next_deadline: float
     until_deadline: float | None  # None while firing
+    on_confirmation: bool = False  # fleet-wide and firing: re-posted only when confirmed
 
 
 class ResendBook:
@@ -42,7 +47,19 @@ class ResendBook:
             until = now + (
                 self.resolved_window_seconds if window_seconds is None else window_seconds
             )
-        self._entries[n.alert.fingerprint] = _Entry(n, now + self.interval_seconds, until)
+        on_confirmation = n.is_firing and n.alert.is_fleet_wide
+        first = float("inf") if on_confirmation else now + self.interval_seconds
+        self._entries[n.alert.fingerprint] = _Entry(n, first, until, on_confirmation)
+
+    def confirm(self, fingerprints: set[str], now: float) -> bool:
+        """A fresh fleet poll still shows these fleet-wide alerts: re-post them now. Returns
+        whether anything became due."""
+        due = False
+        for key in fingerprints:
+            entry = self._entries.get(key)
+            if entry is not None and entry.on_confirmation:
+                entry.next_deadline, due = now, True
+        return due
 
     def due(self, now: float) -> list[Notification]:
         """The notifications to re-post now; their next re-send is scheduled an interval later."""
@@ -51,13 +68,17 @@ class ResendBook:
             if entry.until_deadline is not None and now >= entry.until_deadline:
                 del self._entries[key]
             elif now >= entry.next_deadline:
-                entry.next_deadline = now + self.interval_seconds
+                # a fleet-wide one waits for its next confirmation, however long that takes
+                entry.next_deadline = now + (
+                    float("inf") if entry.on_confirmation else self.interval_seconds
+                )
                 out.append(entry.notification)
         return out
 
     def next_deadline(self) -> float | None:
         deadlines = [e.next_deadline for e in self._entries.values()]
-        return min(deadlines) if deadlines else None
+        soonest = min(deadlines) if deadlines else None
+        return soonest if soonest != float("inf") else None
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -104,6 +104,8 @@ class FleetPoller:
         self._cursor = 0
         self.rate_limited_total = 0
         self.budget_deferrals_total = 0
+        # called after every round, so fleet-wide alerts are re-posted on fresh evidence only
+        self.on_polled: Callable[[], None] = lambda: None
 
     # --- policy -------------------------------------------------------------------------------
 
@@ -149,6 +151,7 @@ class FleetPoller:
         while True:
             try:
                 await self.poll_once()
+                self.on_polled()
             except Exception as exc:  # the poller must outlive any bug
                 log.error("fleet_poll_crashed", error=f"{type(exc).__name__}: {exc}")
             await self._sleep(self.next_delay_seconds())

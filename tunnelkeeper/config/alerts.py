@@ -35,6 +35,14 @@ def read_alerts(top: Section) -> AlertsConfig:
         max_retry_after_seconds=a.number(
             "max_retry_after_seconds", AlertsConfig.max_retry_after_seconds, ge=0
         ),
+        inhibit=a.boolean("inhibit", AlertsConfig.inhibit),
+        resend_interval_seconds=a.number(
+            "resend_interval_seconds", AlertsConfig.resend_interval_seconds, ge=1, le=120
+        ),
+        group_by_tunnel=a.boolean("group_by_tunnel", AlertsConfig.group_by_tunnel),
+        group_window_seconds=a.number(
+            "group_window_seconds", AlertsConfig.group_window_seconds, ge=0, le=3600
+        ),
         overrides=_read_overrides(a),
         sinks=_read_sinks(a),
     )

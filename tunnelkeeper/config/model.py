@@ -178,6 +178,15 @@ class AlertsConfig:
     # a receiver's Retry-After is honoured up to this long, never more (a misconfigured one
     # must not park a sink for an hour)
     max_retry_after_seconds: float = 300.0
+    # One incident, one page (webhook, Slack and PagerDuty sinks; Alertmanager groups itself):
+    # a tunnel's TunnelDown silences its per-replica alerts, and a tunnel's alerts that fire
+    # within group_window_seconds of the incident's first page go out as one update of it.
+    inhibit: bool = True
+    # Alertmanager sinks re-post what fires this often (Prometheus' resend delay; its alerts
+    # are posted to expire after 180 s, so keep this well under that)
+    resend_interval_seconds: float = 45.0
+    group_by_tunnel: bool = True
+    group_window_seconds: float = 5.0
     overrides: Mapping[str, AlertOverride] = field(default_factory=dict)
     sinks: tuple[SinkConfig, ...] = ()
 

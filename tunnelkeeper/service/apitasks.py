@@ -39,6 +39,9 @@ class ApiTasks:
         self.fleet_error: str | None = None
         self.scheduler: RefreshScheduler | None = None
         self._fleet_task: asyncio.Task[None] | None = None
+        # what a fresh fleet poll shows, handed on after every round (the daemon re-posts the
+        # fleet-wide alerts it still shows)
+        self.on_fleet_polled: Callable[[list[Condition]], None] = lambda conditions: None
 
     async def start(self) -> None:
         self._start_fleet()
@@ -70,6 +73,8 @@ class ApiTasks:
             },
             clock=self.clock,
         )
+        poller = self.fleet
+        poller.on_polled = lambda: self.on_fleet_polled(poller.conditions())
         run = keep_running("fleet", self.fleet.run, self.metrics, pause_seconds=5.0)
         self._fleet_task = asyncio.create_task(run, name="fleet poller")
 

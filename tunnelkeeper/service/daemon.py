@@ -90,7 +90,9 @@ class Daemon(Endpoints):
             clock=clock,
             generator_url=f"http://{config.daemon.listen}/status",
             resolve_hold_seconds=config.alerts.resolve_hold_seconds,
+            resend_interval_seconds=config.alerts.resend_interval_seconds,
         )
+        self.api_tasks.on_fleet_polled = self.alerts.confirm
         self.web = DaemonWeb(
             metrics=self.metrics.exposition,
             healthz=self.healthz,
@@ -226,10 +228,16 @@ class Daemon(Endpoints):
                 self.notifier.send("WATCHDOG=1")
                 last_watchdog = now
             self.wake.clear()
+            # the next tick: the interval, a change (exit, probe, log hint), or the moment an
+            # alert's hold runs out (so a page leaves then, not at the tick after)
+            timeout = interval
+            deadline = self.alerts.next_deadline()
+            if deadline is not None:
+                timeout = min(interval, max(0.0, deadline - self.clock()) + DEADLINE_SLACK_SECONDS)
             waiter = asyncio.ensure_future(self.wake.wait())
             stopper = asyncio.ensure_future(self.stop_requested.wait())
             await asyncio.wait(
-                {waiter, stopper}, timeout=interval, return_when=asyncio.FIRST_COMPLETED
+                {waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
             waiter.cancel()
             stopper.cancel()
@@ -324,6 +332,8 @@ class Daemon(Endpoints):
 
 
 LAG_SAMPLE_SECONDS = 0.5
+# past an alert's deadline by this much, so the evaluation at the wake-up sees it due
+DEADLINE_SLACK_SECONDS = 0.001
 # sysexits.h EX_CONFIG: the unit's RestartPreventExitStatus= stops systemd from restarting a
 # daemon that can only fail the same way again until someone fixes the config.
 EXIT_CONFIG = 78

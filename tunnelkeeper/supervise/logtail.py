@@ -30,7 +30,10 @@ import resource
 from collections.abc import Callable
 from pathlib import Path
 
+from tunnelkeeper.supervise.logwatch import until_written
+
 MAX_LINE_BYTES = 16 * 1024
+MIN_READ_GAP_SECONDS = 0.05
 READ_CHUNK = 1024 * 1024
 BUDGET_BYTES = 16 * 1024 * 1024  # unread log a replica may write (space per replica)
 PUNCH_EVERY_BYTES = 1024 * 1024
@@ -265,10 +268,19 @@ class LogTail:
 
     async def run(self) -> None:
         """Tail until cancelled; then call :meth:`finish` for the last lines."""
+        loop = asyncio.get_running_loop()
         while True:
+            read_at = loop.time()
             busy = self.read_available(READ_CHUNK) >= READ_CHUNK
-            # a flood: keep reading, but let the loop breathe; else one cheap timer per interval
-            await asyncio.sleep(0 if busy else self.interval_seconds)
+            if busy:  # a flood: keep reading, but let the loop breathe
+                await asyncio.sleep(0)
+                continue
+            # the next write (a lost connection is news at once), or the interval; but not
+            # more often than MIN_READ_GAP, so a steady trickle of lines is read in batches
+            await until_written(self.path, self.interval_seconds)
+            gap = read_at + MIN_READ_GAP_SECONDS - loop.time()
+            if gap > 0:
+                await asyncio.sleep(gap)
 
     def finish(self) -> None:
         self.read_available()

@@ -27,6 +27,11 @@ from tunnelkeeper.supervise.replica import ReplicaProcess
 from tunnelkeeper.tunneltoken import TunnelToken
 
 STARTING_PROBE_SECONDS = 0.1
+# a log line saying a connection was lost asks for a probe now, at most this often per replica
+HINT_GAP_SECONDS = 0.25
+# ... and once more this soon after, if the first one found it still connected (cloudflared may
+# log the loss a moment before its /ready counts it)
+HINT_FOLLOW_UP_SECONDS = 0.1
 EXIT_BACKOFF_CAP_SECONDS = 30.0
 # A replica ready this long before it exits is not part of a crash loop.
 STABLE_SECONDS = 5.0
@@ -79,8 +84,11 @@ class Observation:
                         self.proven = r.proc.token
                 elif r.zero_since is None and r.ready_at is not None:
                     r.zero_since = now
+                    if r.ready_at is not None:  # UNHEALTHY at exactly that moment
+                        self._wake_in(self.cfg.unhealthy_after_seconds)
             elif r.silent_since is None:
                 r.silent_since = now
+                self._wake_in(self.daemon.unresponsive_after_seconds)  # UNRESPONSIVE then
             if before != r.observed() or result.ready_connections == 0:
                 self.wake.set()
             if result.answered and now - last_version_at >= self.daemon.metrics_interval_seconds:
@@ -90,9 +98,38 @@ class Observation:
             interval = (
                 STARTING_PROBE_SECONDS if r.ready_at is None else self.daemon.probe_interval_seconds
             )
-            # A plain sleep: exits are reported by the pidfd at once, and a timer per replica per
-            # second is the cheapest wait (this loop runs for every replica, all the time).
-            await asyncio.sleep(interval)
+            if r.hinted and r.ready_connections > 0:
+                interval = HINT_FOLLOW_UP_SECONDS
+            r.hinted = False
+            await self._nap(r, interval)
+
+    async def _nap(self, r: Replica, seconds: float) -> None:
+        """Wait for the next probe: a timer (as cheap as a sleep; exits are reported by the
+        pidfd at once), or less if a log hint cuts it short (:meth:`_hinted`)."""
+        loop = asyncio.get_running_loop()
+        nap = r.nap = loop.create_future()
+        timer = loop.call_later(seconds, _wake_up, nap)
+        try:
+            await nap
+        finally:
+            timer.cancel()
+            r.nap = None
+
+    def _hinted(self, r: Replica) -> None:
+        """cloudflared logged a lost or failed connection: probe it now, if it is believed to
+        be serving (one already known dark has nothing to tell; so a flood of such lines costs
+        no probe more than usual) and was not probed a moment ago."""
+        if r.nap is None or r.ready_connections == 0 or r.probed_at is None:
+            return
+        if self.clock() - r.probed_at < HINT_GAP_SECONDS:
+            return
+        r.hinted = True
+        _wake_up(r.nap)
+
+    def _wake_in(self, seconds: float) -> None:
+        """Run the daemon's loop at a moment a replica's phase changes by time alone (silent or
+        dark long enough), not at the next tick after it."""
+        asyncio.get_running_loop().call_later(seconds, self.wake.set)
 
     def on_exit(self, proc: ReplicaProcess) -> None:
         r = self.replicas.get(str(proc.rid))
@@ -196,3 +233,8 @@ class Observation:
 
     def phase(self, r: Replica, now: float) -> Phase:
         return policy.phase_of(r.observed(), self.timing, now)
+
+
+def _wake_up(nap: asyncio.Future[None]) -> None:
+    if not nap.done():
+        nap.set_result(None)

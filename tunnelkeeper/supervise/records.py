@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections import deque
 from dataclasses import dataclass, field
@@ -40,6 +41,9 @@ class Replica:
     epoch: int = 0  # bumped by a forced roll: same token, new processes
     probed_at: float | None = None  # when its probe last produced a result (None: not yet)
     stale: bool = False  # set by the supervisor: no probe result for too long
+    # the probe loop's wait between probes, which a log hint cuts short (None: probing now)
+    nap: asyncio.Future[None] | None = field(default=None, repr=False, compare=False)
+    hinted: bool = False  # the current probe was asked for by a log line
 
     @property
     def is_serving(self) -> bool:

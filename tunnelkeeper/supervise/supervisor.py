@@ -252,6 +252,13 @@ class TunnelSupervisor(Observation, Rollout):
             self.cfg.name, str(proc.rid.slot)
         ).inc
 
+        def hint() -> None:
+            r = self.replicas.get(str(proc.rid))
+            if r is not None and r.proc is proc:
+                self._hinted(r)
+
+        proc.on_hint = hint
+
     def take(self, r: Replica) -> None:
         """Supervise a replica that already runs (adopted from a previous daemon)."""
         self._wire(r.proc)

@@ -1,0 +1,92 @@
+"""Wake a log tail the moment its file is written, not at its next poll.
+
+One inotify descriptor per event loop (watched with ``add_reader``), one-shot watches: a tail that
+has caught up arms ``IN_MODIFY | IN_ONESHOT`` on its file and waits for the first write or its
+poll interval, whichever comes first. The kernel removes a watch once it fires, so a replica
+that floods its log costs one event per wait, not one per line; a quiet one costs nothing but its
+watch. The poll interval stays as the safety net (and the whole mechanism if inotify cannot be
+had: its limits are per user and may be exhausted by other programs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import structlog
+from inotify_simple import INotify, flags  # type: ignore[import-untyped]
+
+log = structlog.get_logger("tunnelkeeper.logwatch")
+
+_MASK = flags.MODIFY | flags.ONESHOT
+
+
+class LogWatch:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._inotify = INotify(nonblocking=True)
+        self._waiting: dict[int, asyncio.Future[None]] = {}
+        loop.add_reader(self._inotify.fileno(), self._on_events)
+
+    async def wait(self, path: Path, at_most_seconds: float) -> None:
+        """Until ``path`` is written to, or ``at_most_seconds``."""
+        try:
+            wd = self._inotify.add_watch(path, _MASK)
+        except OSError:  # gone, or out of watches: poll
+            await asyncio.sleep(at_most_seconds)
+            return
+        written = self.loop.create_future()
+        self._waiting[wd] = written
+        timer = self.loop.call_later(at_most_seconds, _settle, written)
+        try:
+            await written
+        finally:
+            timer.cancel()
+            if self._waiting.get(wd) is written:
+                del self._waiting[wd]
+
+    def _on_events(self) -> None:
+        try:
+            events = self._inotify.read(timeout=0)
+        except OSError:
+            return
+        for event in events:
+            waiter = self._waiting.pop(event.wd, None)
+            if waiter is not None:
+                _settle(waiter)
+
+    def close(self) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self.loop.remove_reader(self._inotify.fileno())
+        self._inotify.close()
+        for waiter in self._waiting.values():
+            _settle(waiter)
+        self._waiting.clear()
+
+
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+_watches: dict[asyncio.AbstractEventLoop, LogWatch | None] = {}
+
+
+def for_loop(loop: asyncio.AbstractEventLoop) -> LogWatch | None:
+    """The loop's watcher, made on first use; None (poll) if inotify is not available."""
+    if loop not in _watches:
+        try:
+            _watches[loop] = LogWatch(loop)
+        except OSError as exc:
+            log.warning("log_watch_unavailable", error=str(exc), action="polling replica logs")
+            _watches[loop] = None
+    return _watches[loop]
+
+
+async def until_written(path: Path, at_most_seconds: float) -> None:
+    watch = for_loop(asyncio.get_running_loop())
+    if watch is None:
+        await asyncio.sleep(at_most_seconds)
+    else:
+        await watch.wait(path, at_most_seconds)
