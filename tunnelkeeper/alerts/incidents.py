@@ -10,8 +10,9 @@ Alertmanager's semantics are the model (the ``alertmanager`` sink gets every ale
   nobody: the tunnel is down, and that says it all. An inhibited alert that still holds when the
   inhibition ends pages then; one that has cleared by then never pages, and neither does its
   resolve. (With the default 30 s resolve hold, a recovered tunnel's crash loops end — 5 s of
-  serving — and its restarting replicas come up before its TunnelDown resolves.) Inhibiting on the *pending* TunnelDown (not only the firing one) is what keeps a
-  replica that died a few milliseconds before its siblings from paging ahead of the tunnel.
+  serving — and its restarting replicas come up before its TunnelDown resolves.) Inhibiting
+  on the *pending* TunnelDown (not only the firing one) is what keeps a replica that died a few
+  milliseconds before its siblings from paging ahead of the tunnel.
   Fleet-wide alerts are never inhibited by a host's own alerts.
 * **Grouping.** A tunnel's alerts on this host form one incident. Its first page goes out at
   once, with everything that fired in the same evaluation; alerts that fire or resolve later go

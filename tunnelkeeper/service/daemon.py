@@ -111,6 +111,8 @@ class Daemon(Endpoints):
             loop.add_signal_handler(sig, self.stop_requested.set)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         loop.add_signal_handler(signal.SIGUSR2, self._on_handover)
+        # a replica of ours stopped (SIGSTOP, a debugger) or continued: known at once
+        loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
         for key, d in (
             ("daemon.state_dir", cfg.daemon.state_dir),
             ("daemon.runtime_dir", cfg.daemon.runtime_dir),
@@ -295,6 +297,10 @@ class Daemon(Endpoints):
         the replicas, so a restart of tunnelkeeper costs no capacity."""
         self.handover = True
         self.stop_requested.set()
+
+    def _on_sigchld(self) -> None:
+        for sup in self.tunnels.all_supervisors():
+            sup.check_stops()
 
     def _on_sighup(self) -> None:
         log.info("sighup_received", action="reloading config and re-reading token sources")

@@ -24,6 +24,7 @@ from tunnelkeeper.supervise.ports import PortAllocator
 from tunnelkeeper.supervise.probe import Prober
 from tunnelkeeper.supervise.records import Replica, SlotState
 from tunnelkeeper.supervise.replica import ReplicaProcess
+from tunnelkeeper.supervise.stops import child_stop_change, is_stopped
 from tunnelkeeper.tunneltoken import TunnelToken
 
 STARTING_PROBE_SECONDS = 0.1
@@ -84,11 +85,14 @@ class Observation:
                         self.proven = r.proc.token
                 elif r.zero_since is None and r.ready_at is not None:
                     r.zero_since = now
-                    if r.ready_at is not None:  # UNHEALTHY at exactly that moment
-                        self._wake_in(self.cfg.unhealthy_after_seconds)
-            elif r.silent_since is None:
-                r.silent_since = now
-                self._wake_in(self.daemon.unresponsive_after_seconds)  # UNRESPONSIVE then
+                    self._wake_in(self.cfg.unhealthy_after_seconds)  # UNHEALTHY at that moment
+                self._set_stopped(r, False)
+            else:
+                if r.silent_since is None:
+                    r.silent_since = now
+                    self._wake_in(self.daemon.unresponsive_after_seconds)  # UNRESPONSIVE then
+                if not r.stopped and r.proc.pid is not None and is_stopped(r.proc.pid):
+                    self._set_stopped(r, True)  # not slow but stopped: no need to wait
             if before != r.observed() or result.ready_connections == 0:
                 self.wake.set()
             if result.answered and now - last_version_at >= self.daemon.metrics_interval_seconds:
@@ -130,6 +134,27 @@ class Observation:
         """Run the daemon's loop at a moment a replica's phase changes by time alone (silent or
         dark long enough), not at the next tick after it."""
         asyncio.get_running_loop().call_later(seconds, self.wake.set)
+
+    def check_stops(self) -> None:
+        """SIGCHLD: did one of our children stop or continue? (Cheap: one non-blocking
+        ``waitid`` per child replica, only when the kernel signals a change.)"""
+        for r in list(self.replicas.values()):
+            if r.proc.is_our_child and r.proc.pid is not None:
+                change = child_stop_change(r.proc.pid)
+                if change is not None:
+                    self._set_stopped(r, change)
+
+    def _set_stopped(self, r: Replica, stopped: bool) -> None:
+        if r.stopped == stopped:
+            return
+        r.stopped = stopped
+        self._log.warning(
+            "replica_stopped" if stopped else "replica_continued",
+            slot=r.rid.slot,
+            generation=r.rid.generation,
+            pid=r.proc.pid,
+        )
+        self.wake.set()
 
     def on_exit(self, proc: ReplicaProcess) -> None:
         r = self.replicas.get(str(proc.rid))

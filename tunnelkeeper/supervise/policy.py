@@ -63,6 +63,7 @@ class Observed:
     silent_since: float | None = None  # since when /ready has not answered
     token_fingerprint: str = ""
     stale: bool = False  # no fresh probe result: what it does now is not known
+    stopped: bool = False  # stopped by a signal: serves nothing until continued
 
 
 def phase_of(r: Observed, t: Timing, now: float) -> Phase:
@@ -70,6 +71,8 @@ def phase_of(r: Observed, t: Timing, now: float) -> Phase:
         return Phase.EXITED
     if r.role is Role.DRAINING:
         return Phase.DRAINING
+    if r.stopped:
+        return Phase.UNRESPONSIVE
     if r.stale:
         return Phase.UNKNOWN
     if r.silent_since is not None and now - r.silent_since >= t.unresponsive_after_seconds:
@@ -89,12 +92,17 @@ def phase_of(r: Observed, t: Timing, now: float) -> Phase:
 
 
 def is_serving(r: Observed) -> bool:
-    return r.running and r.ready_connections > 0 and not r.stale
+    return r.running and r.ready_connections > 0 and not r.stale and not r.stopped
 
 
 def is_gate_ready(r: Observed, t: Timing) -> bool:
     """Ready at the edge enough to take over from the replica it replaces."""
-    return r.running and r.ready_connections >= t.min_ready_connections and not r.stale
+    return (
+        r.running
+        and r.ready_connections >= t.min_ready_connections
+        and not r.stale
+        and not r.stopped
+    )
 
 
 # --- actions ---------------------------------------------------------------------------------

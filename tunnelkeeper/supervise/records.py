@@ -41,6 +41,7 @@ class Replica:
     epoch: int = 0  # bumped by a forced roll: same token, new processes
     probed_at: float | None = None  # when its probe last produced a result (None: not yet)
     stale: bool = False  # set by the supervisor: no probe result for too long
+    stopped: bool = False  # stopped by a signal (see supervise/stops.py)
     # the probe loop's wait between probes, which a log hint cuts short (None: probing now)
     nap: asyncio.Future[None] | None = field(default=None, repr=False, compare=False)
     hinted: bool = False  # the current probe was asked for by a log line
@@ -48,7 +49,9 @@ class Replica:
     @property
     def is_serving(self) -> bool:
         """Running with at least one edge connection, as of a fresh probe."""
-        return self.proc.running and self.ready_connections > 0 and not self.stale
+        return (
+            self.proc.running and self.ready_connections > 0 and not self.stale and not self.stopped
+        )
 
     def mark_staleness(self, now: float, stale_after_seconds: float) -> None:
         since = self.probed_at if self.probed_at is not None else self.started_at
@@ -84,6 +87,7 @@ class Replica:
             silent_since=self.silent_since,
             token_fingerprint=self.spec_id,
             stale=self.stale,
+            stopped=self.stopped,
         )
 
 

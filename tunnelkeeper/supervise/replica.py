@@ -220,6 +220,11 @@ class ReplicaProcess:
         ]
 
     @property
+    def is_our_child(self) -> bool:
+        """Started by this daemon (not adopted): the kernel tells us when it stops."""
+        return self._popen is not None and self.returncode is None
+
+    @property
     def running(self) -> bool:
         return self.pid is not None and not self.exited.is_set()
 
