@@ -4,8 +4,9 @@ Each server binds only 127.0.0.1 on a free port, is waited for with a deadline (
 and is stopped by the pid it was started with, also when the test fails. OpenBao and moto are
 restartable on the same port (``Server.stop()``/``start()``: the fault tests' outage). The
 fixtures at the bottom are shared by the test packages' conftest files, which import them.
-Prometheus and Alertmanager (Debian packages) are started by ``tests/alerts/conftest.py`` and
-``tests/multihost/hub.py`` with the binaries found by :func:`debian_binary`.
+Alertmanager (a Debian package) is started here too (``make_alertmanager``: any config); the
+multi-host rig's Prometheus and Alertmanager live in ``tests/multihost/hub.py`` (inside their
+network namespace), with the binaries found by :func:`debian_binary`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.alerts.receiver import Receiver
 from tests.harness import VENV_BIN, Daemon, Sim, start_daemon, start_sim, stop_process
 from tests.origin import Origin
 from tests.waiting import free_port, wait_until
@@ -263,3 +265,76 @@ def run_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     for d in started:
         d.stop()
     assert_no_replicas_left(tmp_path)
+
+
+# --- Alertmanager -------------------------------------------------------------------------------
+
+
+@dataclass
+class Alertmanager:
+    url: str
+    webhook: Receiver
+
+
+DEFAULT_AM_CONFIG = (
+    "route: {receiver: tk-webhook, group_by: [alertname], group_wait: 1s,"
+    " group_interval: 1s, repeat_interval: 1h}\n"
+    "receivers: [{name: tk-webhook, webhook_configs:"
+    " [{url: 'WEBHOOK_URL', send_resolved: true}]}]\n"
+)
+
+
+@pytest.fixture
+def make_alertmanager(
+    tmp_path: Path, receivers: Callable[..., Receiver]
+) -> Iterator[Callable[[str], Alertmanager]]:
+    """A real Alertmanager on loopback with the given config, whose ``WEBHOOK_URL`` is replaced
+    by a local receiver's ``/hook``."""
+    binary = debian_binary("prometheus-alertmanager", "alertmanager")
+    running: list[tuple[subprocess.Popen[bytes], Any]] = []
+
+    def start(config_text: str) -> Alertmanager:
+        webhook = receivers()
+        home = tmp_path / f"am{len(running)}"
+        storage = home / "data"
+        storage.mkdir(parents=True)
+        config = home / "alertmanager.yml"
+        config.write_text(config_text.replace("WEBHOOK_URL", f"{webhook.url}/hook"))
+        port = free_port()
+        log = (home / "alertmanager.log").open("wb")
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.path={storage}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        running.append((proc, log))
+        url = f"http://127.0.0.1:{port}"
+        wait_until(
+            lambda: (
+                proc.poll() is None and httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
+            ),
+            timeout=20,
+            what="alertmanager ready",
+        )
+        return Alertmanager(url, webhook)
+
+    yield start
+    for proc, log in running:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def alertmanager(make_alertmanager: Callable[[str], Alertmanager]) -> Alertmanager:
+    return make_alertmanager(DEFAULT_AM_CONFIG)

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.alerts.conftest import Alertmanager
+from tests.servers import Alertmanager
 from tests.waiting import await_until
 from tunnelkeeper.alerts import AlertPipeline, Condition
 from tunnelkeeper.config.model import AlertsConfig, SinkConfig

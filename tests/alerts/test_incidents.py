@@ -36,9 +36,9 @@ FLEET_LOW = Condition("FleetConnectorsLow", {"tunnel": "portal"})
 class Host:
     """One host's engine and incidents, fed a timeline of condition sets."""
 
-    def __init__(self, **alerts: Any) -> None:
+    def __init__(self, hold: float = 10.0, **alerts: Any) -> None:
         config = AlertsConfig(for_seconds=2.0, group_window_seconds=5.0, **alerts)
-        self.engine = AlertEngine("origin-01", config, resolve_hold_seconds=10.0)
+        self.engine = AlertEngine("origin-01", config, resolve_hold_seconds=hold)
         self.incidents = Incidents(config)
         self.pages: list[tuple[float, Notification]] = []
         self.every: list[Notification] = []
@@ -162,6 +162,13 @@ def test_resolves_follow_the_grouping_and_a_new_fault_opens_a_new_incident() -> 
     }
     assert formats.dedup_key(second) != formats.dedup_key(first)  # a new PagerDuty incident
     assert formats.group_key(second) == formats.group_key(first)  # the same Alertmanager group
+
+
+def test_the_all_clear_never_waits_for_the_group_window() -> None:
+    host = Host(hold=1.0, inhibit=False)
+    host.run(0, 2, dark(0), dark(1))  # one page at 2.0
+    host.run(2.5, 10)  # both clear at 2.5 and resolve at 3.5, well within the window
+    assert [(t, p.status) for t, p in host.pages] == [(2.0, "firing"), (3.5, "resolved")]
 
 
 def test_an_inhibited_alert_still_holding_when_the_tunnel_recovers_pages_then() -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.alerts.conftest import alertmanager, receivers  # noqa: F401 - shared fixtures
+from tests.alerts.conftest import receivers  # noqa: F401 - shared fixture
 from tests.harness import Daemon, Sim, daemon_config, start_daemon
 from tests.host.conftest import release_server  # noqa: F401 - shared fixture
 from tests.origin import Origin

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 
-from tests.alerts.conftest import Alertmanager
 from tests.alerts.receiver import Receiver, Recorded
 from tests.harness import Daemon, Sim, daemon_config, start_daemon
+from tests.servers import Alertmanager
 from tests.waiting import free_port, wait_until
 
 pytestmark = pytest.mark.system

@@ -17,8 +17,9 @@ Alertmanager's semantics are the model (the ``alertmanager`` sink gets every ale
 * **Grouping.** A tunnel's alerts on this host form one incident. Its first page goes out at
   once, with everything that fired in the same evaluation; alerts that fire or resolve later go
   out as updates of it, at most one per ``group_window_seconds``. When nothing in it is firing
-  any more, one resolve closes it; the tunnel's next alert opens a new incident. Fleet-wide
-  alerts and alerts without a tunnel are sent one by one as before.
+  any more, one resolve closes it at once (an all-clear never waits for the window); the
+  tunnel's next alert opens a new incident. Fleet-wide alerts and alerts without a tunnel are
+  sent one by one as before.
 
 A page is a :class:`~tunnelkeeper.alerts.notification.Notification` whose ``incident`` lists its
 members; its ``alert`` is the lead (the most severe firing member, else the first).
@@ -135,7 +136,11 @@ class Incidents:
         for group in opened.values():  # the first page: at once, with all that came with it
             out.append(self._flush(group, now))
         for group in list(self._groups.values()):
-            if group.changed and group.flush_at is None:
+            if not group.changed:
+                continue
+            if not any(m.is_firing for m in group.members.values()):
+                group.flush_at = now  # all clear: the resolve never waits
+            elif group.flush_at is None:
                 group.flush_at = max(now, group.last_page_at + self.config.group_window_seconds)
         return out + self.due(now)
 
