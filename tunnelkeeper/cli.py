@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tunnel", nargs="?", help="only this tunnel")
     p.add_argument("--force", action="store_true", help="roll even if the token is unchanged")
 
+    p = sub.add_parser(
+        "reload", help="re-read the config in the running daemon; fails if it is refused"
+    )
+    _add_config(p)
+
     p = sub.add_parser("refresh-secret", help="refresh a tunnel secret through the Cloudflare API")
     _add_config(p)
     p.add_argument("tunnel")
@@ -121,6 +126,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from tunnelkeeper.service.control import rotate_command
 
         return rotate_command(args.config, args.tunnel, force=args.force)
+    if cmd == "reload":
+        from tunnelkeeper.service.control import reload_command
+
+        return reload_command(args.config)
     if cmd == "refresh-secret":
         from tunnelkeeper.cloudflare.refresh import refresh_secret_command
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from collections.abc import MutableMapping
@@ -58,6 +59,32 @@ def redact_secrets(
     return event_dict
 
 
+# syslog priorities (sd-daemon(3)): a "<N>" prefix sets the journal entry's PRIORITY
+_PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
+
+
+def writes_to_journal(stream: Any = None) -> bool:
+    """Whether ``stream`` (default stderr) is connected to the journal (systemd.exec(5)'s
+    ``$JOURNAL_STREAM``: the device and inode of the stream systemd connected)."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat((stream or sys.stderr).fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return expected == f"{st.st_dev}:{st.st_ino}"
+
+
+def _with_priority(renderer: Any) -> Any:
+    """Under systemd: each line starts with its syslog priority, so ``journalctl -p warning``
+    and the journal's colours work, and MESSAGE is the clean JSON line."""
+
+    def render(logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> str:
+        priority = _PRIORITY.get(str(event_dict.get("level", "info")), 6)
+        return f"<{priority}>{renderer(logger, name, event_dict)}"
+
+    return render
+
+
 def configure(level: str = "info", fmt: str = "json") -> None:
     numeric = getattr(logging, level.upper(), logging.INFO)
     renderer: Any = (
@@ -65,6 +92,8 @@ def configure(level: str = "info", fmt: str = "json") -> None:
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    if writes_to_journal():
+        renderer = _with_priority(renderer)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Callable
@@ -105,3 +106,28 @@ def test_args_changed_while_no_daemon_ran_roll_the_adopted_replicas(
     finally:
         d2.stop()
     assert load.failed == 0, load.failures[:5]
+
+
+def test_a_ledger_record_that_does_not_verify_still_gets_its_replica_adopted(
+    sim: Sim, run_daemon: RunDaemon
+) -> None:
+    """A record that no longer matches its live replica (here: its create time is off) must
+    not leave that replica unsupervised, nor delete its files: it is recognised by its command
+    line and adopted (found under systemd, where a restart once left one replica orphaned)."""
+    d = run_daemon()
+    before = {r["pid"] for r in d.wait_ready("portal", 2)}
+    d.proc.send_signal(signal.SIGUSR2)
+    assert d.proc.wait(timeout=15) == 0
+    ledger = d.config.parent / "state" / "replicas.json"
+    data = json.loads(ledger.read_text())
+    data["replicas"][1]["create_time"] += 5.0
+    ledger.write_text(json.dumps(data))
+    d2 = start_daemon(d.config)
+    try:
+        assert {r["pid"] for r in d2.wait_ready("portal", 2)} == before
+        assert "ledger_record_not_verified" in d2.output()
+        # (one log file for both daemons) the first one's two spawns, nothing since
+        assert d2.output().count('"event": "replica_spawned"') == 2
+    finally:
+        d2.stop()
+    assert not any(alive(pid) for pid in before)  # and the stop drained both

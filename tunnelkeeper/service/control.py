@@ -139,3 +139,41 @@ def rotate_command(config_path: str, tunnel: str | None, *, force: bool) -> int:
         print(line)
         ok = ok and t.get("result") == "done"
     return 0 if ok else 1
+
+
+def reload_command(config_path: str) -> int:
+    """``tunnelkeeper reload`` (the unit's ExecReload=): ask the daemon to re-read its config
+    and wait for the outcome, so ``systemctl reload`` fails when the config is refused. A config
+    that does not even load is refused here, before the daemon is asked."""
+    config = _load(config_path)
+    if config is None:
+        print("tunnelkeeper: reload refused; the daemon keeps its running config", file=sys.stderr)
+        return 1
+    sock = config.daemon.runtime_dir / "control.sock"
+    try:
+        _, body = _call(_UnixConnection(str(sock), RELOAD_TIMEOUT_SECONDS), "POST", "/reload", {})
+        if not isinstance(body, dict):
+            raise ValueError("the reply is not a JSON object")
+    except PermissionError:
+        print(
+            f"tunnelkeeper: permission denied on {sock}: run as root or the daemon's user",
+            file=sys.stderr,
+        )
+        return 1
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        print(
+            f"tunnelkeeper: daemon not reachable on {sock} ({type(exc).__name__}: {exc})",
+            file=sys.stderr,
+        )
+        return 1
+    if "error" in body:
+        print(f"tunnelkeeper: {body['error']}", file=sys.stderr)
+        for problem in body.get("problems") or []:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    changed = {k: v for k, v in body.items() if k != "reloaded" and v}
+    print("reloaded" + (f": {json.dumps(changed, sort_keys=True)}" if changed else ""))
+    return 0
+
+
+RELOAD_TIMEOUT_SECONDS = 60.0

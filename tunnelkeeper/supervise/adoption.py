@@ -108,12 +108,20 @@ def adopt_all(
     command line); stop only replicas of tunnels no longer configured. Returns (adopted,
     stopped)."""
     adopted = stopped = 0
-    entries = read_ledger(ledger)
-    entries += unlisted_entries(runtime_dir, {e.pid for e in entries})
-    for entry in entries:
-        proc = find_process(entry)
+    listed = read_ledger(ledger)
+    verified = [(e, find_process(e)) for e in listed]
+    taken = {e.pid for e, proc in verified if proc is not None}
+    # Anything of ours the ledger does not list, or lists wrongly (a record that does not
+    # verify while its replica runs), is found by its command line: nothing is left behind.
+    found = [(e, find_process(e)) for e in unlisted_entries(runtime_dir, taken)]
+    live_files = {e.token_file for e, proc in verified + found if proc is not None}
+    for entry, proc in verified:
+        if proc is None and psutil.pid_exists(entry.pid):
+            log.warning("ledger_record_not_verified", **_mismatch(entry))
+    for entry, proc in verified + found:
         if proc is None:
-            remove_files(entry)  # it is gone; its token must not linger on disk
+            if entry.token_file not in live_files:
+                remove_files(entry)  # it is gone; its token must not linger on disk
             continue
         sup = sups.get(entry.tunnel)
         if sup is not None:
@@ -131,6 +139,21 @@ def adopt_all(
         remove_files(entry)
         stopped += 1
     return adopted, stopped
+
+
+def _mismatch(entry: LedgerEntry) -> dict[str, object]:
+    """What differs between a ledger record and the live process with its pid (for the log)."""
+    out: dict[str, object] = {"tunnel": entry.tunnel, "slot": entry.slot, "pid": entry.pid}
+    try:
+        proc = psutil.Process(entry.pid)
+        out["create_time_difference"] = round(proc.create_time() - entry.create_time, 3)
+        cmdline = proc.cmdline()
+    except (psutil.Error, OSError) as exc:
+        out["error"] = type(exc).__name__
+        return out
+    out["same_token_file"] = entry.token_file in cmdline
+    out["same_metrics_port"] = f"127.0.0.1:{entry.metrics_port}" in cmdline
+    return out
 
 
 def unlisted_entries(runtime_dir: Path, listed: set[int]) -> list[LedgerEntry]:

@@ -33,7 +33,7 @@ from pathlib import Path
 from tunnelkeeper.supervise.logwatch import until_written
 
 MAX_LINE_BYTES = 16 * 1024
-MIN_READ_GAP_SECONDS = 0.05
+MIN_READ_GAP_SECONDS = 0.02
 READ_CHUNK = 1024 * 1024
 BUDGET_BYTES = 16 * 1024 * 1024  # unread log a replica may write (space per replica)
 PUNCH_EVERY_BYTES = 1024 * 1024

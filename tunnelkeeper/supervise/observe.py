@@ -120,15 +120,19 @@ class Observation:
             r.nap = None
 
     def _hinted(self, r: Replica) -> None:
-        """cloudflared logged a lost or failed connection: probe it now, if it is believed to
-        be serving (one already known dark has nothing to tell; so a flood of such lines costs
-        no probe more than usual) and was not probed a moment ago."""
-        if r.nap is None or r.ready_connections == 0 or r.probed_at is None:
+        """cloudflared logged a lost or failed connection: probe it now (and once more shortly
+        after, see the probe loop), if it is believed to be serving (one already known dark
+        has nothing to tell: a flood of such lines costs no probe more than usual), at most
+        once per HINT_GAP_SECONDS. A hint that comes while a probe is on its way makes the
+        next one come soon (that probe may have been answered before the loss)."""
+        if r.ready_connections == 0 or r.probed_at is None:
             return
-        if self.clock() - r.probed_at < HINT_GAP_SECONDS:
+        now = self.clock()
+        if now - r.hinted_at < HINT_GAP_SECONDS:
             return
-        r.hinted = True
-        _wake_up(r.nap)
+        r.hinted, r.hinted_at = True, now
+        if r.nap is not None:
+            _wake_up(r.nap)
 
     def _wake_in(self, seconds: float) -> None:
         """Run the daemon's loop at a moment a replica's phase changes by time alone (silent or

@@ -44,7 +44,8 @@ class Replica:
     stopped: bool = False  # stopped by a signal (see supervise/stops.py)
     # the probe loop's wait between probes, which a log hint cuts short (None: probing now)
     nap: asyncio.Future[None] | None = field(default=None, repr=False, compare=False)
-    hinted: bool = False  # the current probe was asked for by a log line
+    hinted: bool = False  # a log line asked for a probe since the last one began
+    hinted_at: float = -1e18
 
     @property
     def is_serving(self) -> bool:
