@@ -118,7 +118,10 @@ def test_security_exposure_is_ok_and_far_better_than_cloudflareds_own(tmp_path: 
 def test_lifecycle_settings_serve_drain_and_adoption() -> None:
     s = settings(UNIT)
     assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
-    assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    # waits for the daemon's verdict, so `systemctl reload` fails on a refused config
+    assert s["ExecReload"] == [
+        "/usr/local/bin/tunnelkeeper reload -c /etc/tunnelkeeper/config.toml"
+    ]
     assert s["Restart"] == ["on-failure"]
     # stop -> only the daemon gets SIGTERM and drains; restart/crash -> replicas survive
     assert s["KillMode"] == ["process"]

@@ -26,6 +26,17 @@ def drop_in(host: Host, name: str, text: str) -> None:
     host.m.systemctl("daemon-reload")
 
 
+def settled(host: Host, replicas: int) -> set[int]:
+    """The replica processes, once exactly the tunnel's primaries run (a drained one from the
+    test before may still be on its way out)."""
+    wait_until(
+        lambda: host.ready("portal") == replicas and len(host.replica_pids()) == replicas,
+        timeout=30,
+        what=f"{replicas} replicas ready and nothing else running",
+    )
+    return host.replica_pids()
+
+
 def active(host: Host) -> str:
     return host.m.systemctl("is-active", "tunnelkeeper", check=False).stdout.strip()
 
@@ -85,8 +96,7 @@ def test_watchdog_kills_a_hung_daemon_and_the_next_one_adopts_the_replicas(host:
     m = host.m
     drop_in(host, "watchdog", "[Service]\nWatchdogSec=3s")
     m.systemctl("restart", "tunnelkeeper")  # (a restart with the new WatchdogSec= hands over)
-    wait_until(lambda: host.ready("portal") == 2, timeout=30, what="2 ready")
-    replicas = host.replica_pids()
+    replicas = settled(host, 2)
     hung = m.main_pid()
     with host.load() as load:
         m.run("kill", "-STOP", str(hung))
@@ -126,8 +136,7 @@ def test_reload_applies_a_changed_config_and_refuses_a_broken_one(host: Host) ->
 
 def test_restart_and_a_killed_main_process_keep_every_replica_serving(host: Host) -> None:
     m = host.m
-    wait_until(lambda: host.ready("portal") == 2, timeout=30, what="2 ready")
-    replicas = host.replica_pids()
+    replicas = settled(host, 2)
     with host.load() as load:
         before = m.main_pid()
         m.systemctl("restart", "tunnelkeeper")
