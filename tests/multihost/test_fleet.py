@@ -163,7 +163,11 @@ def test_host_down_pages_once_and_resolves_while_traffic_flows(fleet: Fleet) -> 
         fleet.topo.set_link("h3", "up")
     assert load.total >= 30
     assert load.failed == 0, load.failures[:10]
-    assert h3 in _live_ids(fleet)
+    # h3's replica reconnects on cloudflared's own backoff (up to 32 s after a long cut), and a
+    # first connection may drop again: it is back at the edge in the end
+    fleet.in_hub(
+        wait_until, lambda: h3 in _live_ids(fleet), timeout=60, interval=0.5, what="h3 back"
+    )
 
     # Every host has settled: nothing firing, nothing left to send, Alertmanager resolved.
     _wait_fleet_calm(fleet, HOSTS, timeout=30)

@@ -59,3 +59,33 @@ def test_free_port_serves_then_closes(tmp_path: Path) -> None:
         await web.aclose()  # twice is harmless
 
     asyncio.run(go())
+
+
+def test_an_open_client_connection_ends_with_the_listener_not_after_it(tmp_path: Path) -> None:
+    """A scraper's idle keep-alive connection is closed while the HTTP loop still runs: the
+    old code left its handler to the garbage collector, which printed 'Event loop is closed'
+    tracebacks into the daemon's log at every shutdown under Prometheus."""
+    import gc
+    import sys
+
+    unraisable: list[object] = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+
+    async def go() -> None:
+        web = _web()
+        await web.start("127.0.0.1", 0, tmp_path / "control.sock")
+        port = web._servers[0].sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        await web.aclose()  # the client keeps its connection open
+        writer.close()
+
+    try:
+        asyncio.run(go())
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    assert unraisable == []

@@ -145,6 +145,12 @@ class DaemonWeb:
         async def stop() -> None:
             for server in self._servers:
                 server.close()
+            # client connections still open (a Prometheus keeps one) end here, while the loop
+            # runs, not in the garbage collector after it closed (a traceback in the log)
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
             for server in self._servers:
                 await server.wait_closed()
             http_loop.stop()
