@@ -240,7 +240,7 @@ async def test_a_fleet_wide_alert_is_reposted_only_when_a_fresh_poll_confirms_it
     d = await dispatchers(
         [SinkConfig(kind="alertmanager", name="am", url=am.url)], resend_interval_seconds=0.2
     )
-    fleet, _ = fire_and_resolve("FleetConnectorsLow", {"tunnel": "portal"})
+    fleet, fleet_resolved = fire_and_resolve("FleetConnectorsLow", {"tunnel": "portal"})
     local, _ = fire_and_resolve("TunnelDown", {"tunnel": "admin"})
     assert fleet.alert.is_fleet_wide and "host" not in fleet.alert.labels
     d.enqueue([fleet, local])
@@ -261,6 +261,12 @@ async def test_a_fleet_wide_alert_is_reposted_only_when_a_fresh_poll_confirms_it
     d.confirm({"someone-else"})
     await await_until(lambda: _true(posts("TunnelDown") >= 10), what="more timer re-sends")
     assert posts("FleetConnectorsLow") == 2
+    # its resolve is delivered once and never re-posted (another host may be firing it anew)
+    d.enqueue([fleet_resolved])
+    await await_until(lambda: _true(posts("FleetConnectorsLow") == 3), what="the resolve")
+    local_before = posts("TunnelDown")
+    await await_until(lambda: _true(posts("TunnelDown") >= local_before + 5), what="timer")
+    assert posts("FleetConnectorsLow") == 3
 
 
 _seen: dict[int, int] = {}

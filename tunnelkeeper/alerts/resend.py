@@ -3,11 +3,13 @@
 Alertmanager expires a firing alert that is not re-posted within resolve_timeout, and a restarted
 Alertmanager only learns about a resolve if it is re-posted. So after a sink has durably delivered
 a notification, the latest state of each alert instance is re-posted every ``interval_seconds``:
-firing ones for as long as they fire, resolved ones for ``resolved_window_seconds``. A fleet-wide
-firing alert is the exception: it is re-posted only when a fresh fleet poll still shows it
-(:meth:`ResendBook.confirm`), never on a timer, because another host may have resolved it since
-(its poll saw the recovery first) and a re-post from a host whose view is older would open it
-again in Alertmanager: a second page for one incident. Re-sends are
+firing ones for as long as they fire, resolved ones for ``resolved_window_seconds``.
+
+Fleet-wide alerts (no host label: every host raises the same one) are the exception. A firing
+one is re-posted only when a fresh fleet poll still shows it (:meth:`ResendBook.confirm`), never
+on a timer, and a resolve of one is never re-posted (:meth:`ResendBook.record`): another host
+may have resolved it since, or be firing a new episode of it, and an older state posted from
+here would open or end it again in Alertmanager: a second page for one incident. Re-sends are
 best-effort and not stored; the fire and the resolve themselves are outbox rows, and a re-send
 never goes out before its row was delivered, so it cannot overtake it.
 """
@@ -41,7 +43,14 @@ class ResendBook:
         self._entries: dict[str, _Entry] = {}
 
     def record(self, n: Notification, now: float, window_seconds: float | None = None) -> None:
-        """``n`` was delivered at ``now``; keep re-posting its state from then on."""
+        """``n`` was delivered at ``now``; keep re-posting its state from then on. A fleet-wide
+        resolve is never re-posted: the same alert (no host label) may by then be firing again
+        from another host's fresher view, and a re-posted old resolve would end that episode
+        in Alertmanager, and the next firing post would open it again: two pages. Alertmanager
+        lets an unconfirmed fleet-wide alert expire on its own (endsAt is ~180 s ahead)."""
+        if n.alert.is_fleet_wide and not n.is_firing:
+            self._entries.pop(n.alert.fingerprint, None)
+            return
         until = None
         if not n.is_firing:
             until = now + (
