@@ -226,7 +226,11 @@ def run_chains(
             work / "tk",
             sim,
             {"watched": {"replicas": n_tk, "unhealthy_after_seconds": 600}},
-            extra=alerts_toml(f"{rcv.url}/tk", webhook_secret_file(work), tk_for_seconds),
+            # per-replica pages, as the chains' rules page: all of one tunnel's replicas are
+            # partitioned here, which one-incident-one-page would fold into TunnelDown
+            extra=alerts_toml(f"{rcv.url}/tk", webhook_secret_file(work), tk_for_seconds).replace(
+                "[alerts]\n", "[alerts]\ninhibit = false\ngroup_by_tunnel = false\n"
+            ),
         )
         d = start_daemon(cfg)
         d.wait_ready("watched", n_tk, timeout=60)
