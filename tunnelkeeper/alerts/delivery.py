@@ -238,6 +238,7 @@ class Dispatcher:
         self.transport = transport
         self._workers = [_SinkWorker(self, sink) for sink in self.sinks]
         self._tasks: list[asyncio.Task[None]] = []
+        self._checkpointing: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         for worker in self._workers:
@@ -251,7 +252,10 @@ class Dispatcher:
         """Keep the outbox's fsyncs off the event loop (enqueue itself never waits on disk)."""
         while True:
             await asyncio.sleep(CHECKPOINT_INTERVAL_SECONDS)
-            await asyncio.to_thread(self.outbox.checkpoint)
+            # shielded: a cancel (aclose) must not return while the thread still uses the
+            # outbox's connection, which aclose's caller closes next
+            self._checkpointing = asyncio.ensure_future(asyncio.to_thread(self.outbox.checkpoint))
+            await asyncio.shield(self._checkpointing)
 
     def enqueue(
         self,
@@ -345,3 +349,6 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._checkpointing is not None:  # a checkpoint thread still running: let it end
+            await asyncio.gather(self._checkpointing, return_exceptions=True)
+            self._checkpointing = None
