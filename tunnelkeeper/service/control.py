@@ -11,6 +11,7 @@ import http.client
 import json
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 from tunnelkeeper.config.model import Config
@@ -90,6 +91,35 @@ def status_command(config_path: str, *, as_json: bool) -> int:
     return 0
 
 
+def _control_post(
+    sock: Path, path: str, payload: dict[str, Any], timeout: float
+) -> dict[str, Any] | None:
+    """POST to the daemon's control socket; the reply, or None once the reason is printed
+    (no daemon, no permission, a broken reply, or the daemon's own error and its problems)."""
+    try:
+        _, body = _call(_UnixConnection(str(sock), timeout), "POST", path, payload)
+        if not isinstance(body, dict):
+            raise ValueError("the reply is not a JSON object")
+    except PermissionError:
+        print(
+            f"tunnelkeeper: permission denied on {sock}: run as root or the daemon's user",
+            file=sys.stderr,
+        )
+        return None
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        print(
+            f"tunnelkeeper: daemon not reachable on {sock} ({type(exc).__name__}: {exc})",
+            file=sys.stderr,
+        )
+        return None
+    if "error" in body:
+        print(f"tunnelkeeper: {body['error']}", file=sys.stderr)
+        for problem in body.get("problems") or []:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+    return body
+
+
 def rotate_command(config_path: str, tunnel: str | None, *, force: bool) -> int:
     config = _load(config_path)
     if config is None:
@@ -103,29 +133,8 @@ def rotate_command(config_path: str, tunnel: str | None, *, force: bool) -> int:
         )
         + 60
     )
-    try:
-        _, body = _call(
-            _UnixConnection(str(sock), timeout),
-            "POST",
-            "/rotate",
-            {"tunnel": tunnel, "force": force},
-        )
-        if not isinstance(body, dict):
-            raise ValueError("the reply is not a JSON object")
-    except PermissionError:
-        print(
-            f"tunnelkeeper: permission denied on {sock}: run as root or the daemon's user",
-            file=sys.stderr,
-        )
-        return 1
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        print(
-            f"tunnelkeeper: daemon not reachable on {sock} ({type(exc).__name__}: {exc})",
-            file=sys.stderr,
-        )
-        return 1
-    if "error" in body:
-        print(f"tunnelkeeper: {body['error']}", file=sys.stderr)
+    body = _control_post(sock, "/rotate", {"tunnel": tunnel, "force": force}, timeout)
+    if body is None:
         return 1
     ok = True
     for t in body.get("tunnels", []):
@@ -150,26 +159,8 @@ def reload_command(config_path: str) -> int:
         print("tunnelkeeper: reload refused; the daemon keeps its running config", file=sys.stderr)
         return 1
     sock = config.daemon.runtime_dir / "control.sock"
-    try:
-        _, body = _call(_UnixConnection(str(sock), RELOAD_TIMEOUT_SECONDS), "POST", "/reload", {})
-        if not isinstance(body, dict):
-            raise ValueError("the reply is not a JSON object")
-    except PermissionError:
-        print(
-            f"tunnelkeeper: permission denied on {sock}: run as root or the daemon's user",
-            file=sys.stderr,
-        )
-        return 1
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        print(
-            f"tunnelkeeper: daemon not reachable on {sock} ({type(exc).__name__}: {exc})",
-            file=sys.stderr,
-        )
-        return 1
-    if "error" in body:
-        print(f"tunnelkeeper: {body['error']}", file=sys.stderr)
-        for problem in body.get("problems") or []:
-            print(f"  {problem}", file=sys.stderr)
+    body = _control_post(sock, "/reload", {}, RELOAD_TIMEOUT_SECONDS)
+    if body is None:
         return 1
     changed = {k: v for k, v in body.items() if k != "reloaded" and v}
     print("reloaded" + (f": {json.dumps(changed, sort_keys=True)}" if changed else ""))
