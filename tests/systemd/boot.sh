@@ -14,10 +14,12 @@
 set -euo pipefail
 
 share=$1   # the test's directory: bound at /srv before /tmp is hidden
-shift
+repo=$2    # the checkout (and its venv): visible at its own path, wherever it lives
+shift 2
 
 mount --make-rprivate /
 mount --bind "$share" /srv
+mount --bind "$repo" /mnt   # held here while the tmpfs mounts below may hide its path
 
 mount -t tmpfs -o mode=0755,size=256m tk-layers /media
 for d in etc usr opt var/lib root; do
@@ -30,6 +32,7 @@ for d in /tmp /var/tmp /var/log /var/cache /var/spool /home; do
 done
 mount -t tmpfs -o mode=0755,size=64m tk-run /run
 mount -t tmpfs -o mode=0755 tk-units /etc/systemd/system
+mkdir -p "$repo" && mount --bind /mnt "$repo"
 : > /etc/fstab
 
 mount --bind /proc/sys /proc/sys

@@ -22,6 +22,7 @@ from pathlib import Path
 from tests.waiting import wait_until
 
 BOOT_SH = Path(__file__).with_name("boot.sh")
+REPO = Path(__file__).resolve().parents[2]  # the checkout, its .venv inside
 CGROUP2_HOST = Path("/sys/fs/cgroup/unified")
 SYSTEMD = Path("/lib/systemd/systemd")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -86,6 +87,7 @@ class Machine:
                 "bash",
                 str(BOOT_SH),
                 str(self.share),
+                str(REPO),
             ],
             stdin=subprocess.DEVNULL,
             stdout=console,
