@@ -27,6 +27,7 @@ import httpx
 from aiohttp import web
 
 from tunnelkeeper.service.statusview import render
+from tunnelkeeper.tasks import wait_event
 
 TUNNEL = "demo"
 
@@ -156,8 +157,7 @@ async def _load(url: str, counts: Counter[str], stop: asyncio.Event) -> None:
                 counts["ok" if r.status_code < 400 else "failed"] += 1
             except httpx.HTTPError:
                 counts["failed"] += 1
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.25)
+            await wait_event(stop, 0.25)
 
 
 def _screen(
@@ -258,8 +258,7 @@ async def _demo(replicas: int, duration: float | None) -> int:
                 print(_screen(status, sim, counts, receiver, cfg, tty), flush=True)
                 if duration is not None and time.monotonic() - started >= duration:
                     break
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
+                await wait_event(stop, 1.0)
         stop.set()
         if load is not None:
             await load

@@ -5,6 +5,10 @@ worker or the fleet poller must not end that work for good and silently: the tas
 after a pause, the failure is logged once per restart with its cause, and
 ``tunnelkeeper_task_restarts_total{task}`` counts it. Cancellation always ends the task, even if
 clean-up raises while it unwinds (a restart there would make shutdown hang).
+
+Waits with a timeout go through :func:`wait_event`, never ``asyncio.wait_for``: on Python 3.11,
+``wait_for`` swallows a cancel that arrives in the same loop iteration as the awaited result
+(cpython gh-86296, fixed in 3.12), and a worker that loops on it then never stops.
 """
 
 from __future__ import annotations
@@ -18,6 +22,19 @@ import structlog
 from tunnelkeeper.metrics import Metrics
 
 log = structlog.get_logger("tunnelkeeper.tasks")
+
+
+async def wait_event(event: asyncio.Event, seconds: float | None) -> bool:
+    """Wait until ``event`` is set or ``seconds`` pass (None: no limit); return whether
+    it is set. A cancel is never lost, even when it coincides with the event."""
+    if event.is_set():
+        return True
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        pass
+    return event.is_set()
 
 
 async def keep_running(

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from tunnelkeeper.metrics import Metrics
-from tunnelkeeper.tasks import keep_running
+from tunnelkeeper.tasks import keep_running, wait_event
 
 
 def restarts(m: Metrics, task: str) -> float:
@@ -63,3 +63,33 @@ async def test_it_stops_restarting_once_its_condition_is_gone() -> None:
     await asyncio.wait_for(
         keep_running("probe", dies, None, pause_seconds=0.01, while_=lambda: alive), timeout=5
     )
+
+
+async def test_a_worker_waiting_on_an_event_stops_when_cancelled_as_it_is_woken() -> None:
+    """The 90 s hang of an alert sink's worker at shutdown: the cancel arrived in the same loop
+    iteration as the wake-up, and asyncio.wait_for (Python 3.11) returned the wake-up instead."""
+    wake = asyncio.Event()
+    rounds = 0
+
+    async def worker() -> None:
+        nonlocal rounds
+        while True:
+            await wait_event(wake, 10.0)
+            wake.clear()
+            rounds += 1
+
+    task = asyncio.create_task(worker())
+    await asyncio.sleep(0)  # the worker is waiting
+    wake.set()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(asyncio.shield(task), timeout=5)
+    assert task.cancelled()
+
+
+async def test_wait_event_says_whether_the_event_came_or_the_time_ran_out() -> None:
+    event = asyncio.Event()
+    assert await wait_event(event, 0.01) is False
+    event.set()
+    assert await wait_event(event, 10.0) is True
+    assert await wait_event(event, None) is True

@@ -37,7 +37,7 @@ from tunnelkeeper.alerts.retry import (
 from tunnelkeeper.alerts.sinks import SinkError, build_request, describe_exception, secrets_of
 from tunnelkeeper.config.model import SinkConfig
 from tunnelkeeper.metrics import Metrics
-from tunnelkeeper.tasks import keep_running
+from tunnelkeeper.tasks import keep_running, wait_event
 
 log = structlog.get_logger("tunnelkeeper.alerts")
 
@@ -198,8 +198,7 @@ class _SinkWorker:
 
     async def _sleep_until(self, deadline: float | None) -> None:
         timeout = None if deadline is None else max(0.0, deadline - self.d.clock())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), timeout)
+        await wait_event(self.wake, timeout)
         self.wake.clear()
 
 

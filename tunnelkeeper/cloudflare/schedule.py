@@ -18,7 +18,6 @@ instant APScheduler maps it to (02:30 → 03:30 local); a wall-clock time that o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -31,6 +30,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from tunnelkeeper.atomicfile import write_private_file
 from tunnelkeeper.config.model import Config, TunnelConfig
+from tunnelkeeper.tasks import wait_event
 
 log = structlog.get_logger("tunnelkeeper.schedule")
 
@@ -184,8 +184,7 @@ class RefreshScheduler:
             wait = self.check_interval_seconds
             if due is not None:
                 wait = min(wait, max(0.0, (due - now).total_seconds()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=wait)
+            await wait_event(self._stop, wait)
 
     async def _attempt(self, t: TunnelConfig, started: datetime) -> None:
         entry = self.state.setdefault(t.name, {})

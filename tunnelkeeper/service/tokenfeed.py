@@ -29,7 +29,7 @@ from tunnelkeeper.sources import (
     open_source,
 )
 from tunnelkeeper.supervise.supervisor import TunnelSupervisor
-from tunnelkeeper.tasks import keep_running
+from tunnelkeeper.tasks import keep_running, wait_event
 
 log = structlog.get_logger("tunnelkeeper.tokens")
 ROLL_POLL_SECONDS = 0.2
@@ -96,8 +96,7 @@ class TokenFeed:
                 if self.watcher is None or self.watcher.source.is_static
                 else (self.poll_seconds)
             )
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._poll_now.wait(), timeout=timeout)
+            await wait_event(self._poll_now, timeout)
             force = self._poll_now.is_set()
             self._poll_now.clear()
             await self._poll(force=force)

@@ -102,9 +102,8 @@ class Prober:
         for attempt in (1, 2):
             kept = self._idle.pop(port, None)
             try:
-                return await asyncio.wait_for(
-                    self._exchange(port, path, limit, kept), self.timeout_seconds
-                )
+                async with asyncio.timeout(self.timeout_seconds):
+                    return await self._exchange(port, path, limit, kept)
             except TimeoutError as exc:  # before OSError: TimeoutError is one since 3.10
                 raise ProbeError("timeout") from exc
             except (OSError, EOFError, h11.ProtocolError, ProbeError) as exc:

@@ -28,6 +28,7 @@ from tunnelkeeper.supervise.childlog import ChildLine, RecentErrors
 from tunnelkeeper.supervise.identity import RunAs
 from tunnelkeeper.supervise.logtail import READ_CHUNK, LogTail, open_for_child, raise_ceiling
 from tunnelkeeper.supervise.relay import Relay
+from tunnelkeeper.tasks import wait_event
 from tunnelkeeper.tunneltoken import TunnelToken
 
 # Variables a child may inherit. Everything else (TUNNEL_*, NOTIFY_SOCKET, secrets) is dropped.
@@ -348,9 +349,7 @@ class ReplicaProcess:
             if signal_first:
                 self.signal(signal.SIGCONT)
                 self.signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.exited.wait(), timeout=grace + EXTRA_KILL_WAIT_SECONDS)
-            except TimeoutError:
+            if not await wait_event(self.exited, grace + EXTRA_KILL_WAIT_SECONDS):
                 self._log.warning("replica_killed", pid=self.pid, after_seconds=grace + 5)
                 self.signal(signal.SIGKILL)
         await self.exited.wait()
