@@ -124,3 +124,56 @@ def test_flood_rate_relay_is_whole_ordered_accounted_and_bounded(tmp_path: Path)
     assert second.skipped <= 1
     assert peak <= bound, f"{peak} bytes allocated, bound {bound}"
     assert path.stat().st_size > 4 * bound  # the file really was much larger than its blocks
+
+
+# Writes a 3000-byte line, then a 2000-byte one that the ceiling (4096) cuts short; on a line
+# from stdin, one more whole line.
+CUT_WRITER = textwrap.dedent(
+    """
+    import os, sys
+    sys.stdin.readline()
+    os.write(2, b"a" * 2999 + b"\\n")
+    print(os.write(2, b"b" * 1999 + b"\\n"), flush=True)
+    sys.stdin.readline()
+    os.write(2, b"next\\n")
+    print("done", flush=True)
+    sys.stdin.readline()
+    """
+)
+
+
+def test_a_line_cut_at_the_ceiling_where_the_reader_stands_is_not_glued_to_the_next(
+    tmp_path: Path,
+) -> None:
+    """The reader catches up exactly to the ceiling the writer ran into: the cut line's bytes
+    are counted as skipped, and the next line is relayed on its own (the flood test's rare
+    ``…bbbseq=`` line)."""
+    path = tmp_path / "replica.log"
+    fd = open_for_child(path)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", CUT_WRITER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=fd,
+        text=True,
+    )
+    os.close(fd)
+    assert writer.stdin is not None and writer.stdout is not None
+    try:
+        raise_ceiling(writer.pid, 0, 4096)
+        reader = Reader(path, writer.pid, resume=False)
+        reader.tail.budget_bytes = 4096
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        assert int(writer.stdout.readline()) == 4096 - 3000  # the kernel cut the second line
+        assert reader.tail.read_available() == 4096
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        assert writer.stdout.readline().strip() == "done"
+        reader.tail.read_available()
+    finally:
+        writer.stdin.close()
+        writer.wait(timeout=10)
+        writer.stdout.close()
+    assert reader.lines == [b"a" * 2999, b"next"]
+    assert reader.skipped == 1

@@ -70,6 +70,13 @@ def punch_hole(fd: int, length: int) -> bool:
     raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
 
 
+def _size(path: Path, default: int) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return default
+
+
 def raise_ceiling(pid: int, offset: int, budget: int = BUDGET_BYTES) -> None:
     """The replica may write its log up to ``budget`` bytes past what has been read."""
     with contextlib.suppress(OSError, ValueError, ProcessLookupError):
@@ -173,12 +180,23 @@ class LogTail:
         return None if soft == resource.RLIM_INFINITY else soft
 
     def _raise_ceiling(self, size: int) -> None:
+        """Move the writer's ceiling up to ``budget_bytes`` past the read offset. Whether the
+        writer ran into the old ceiling (its last line there cut short, so a new line starts at
+        it) is judged from the file's size just before the raise and just after it: a size read
+        earlier (before a long read) would miss a writer that reached the ceiling in between,
+        and its cut line would be joined to the next."""
         if self.pid is None:
             return
-        if self.ceiling is not None and size >= self.ceiling:
-            self._cuts.append(self.ceiling)  # it ran into the ceiling (maybe mid-line)
+        old = self.ceiling
+        before = _size(self.path, size)
         raise_ceiling(self.pid, self.offset, self.budget_bytes)
         self.ceiling = self.offset + self.budget_bytes
+        if old is not None and (before >= old or _size(self.path, 0) == old):
+            # it ran into the ceiling (maybe mid-line): a new line starts there
+            if self.offset >= old:
+                self._cut_here()  # read up to it already: the pending bytes are that cut line
+            else:
+                self._cuts.append(old)
 
     def read_available(self, limit: int | None = None) -> int:
         """Relay the whole lines written since the last call (at most ``limit`` bytes of them:
