@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import uuid
@@ -97,7 +98,7 @@ class TunnelToken:
         """The token text, for the one place that writes it to a 0600 file or a secret store."""
         return self._raw
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         return fingerprint_of(self._raw)
 

@@ -45,7 +45,7 @@ from tunnelkeeper.supervise.adoption import adopt_all
 from tunnelkeeper.supervise.ledger import LedgerWriter
 from tunnelkeeper.supervise.ports import PortAllocator
 from tunnelkeeper.supervise.probe import Prober
-from tunnelkeeper.tasks import keep_running
+from tunnelkeeper.tasks import keep_running, until_beat
 
 log = structlog.get_logger("tunnelkeeper.daemon")
 
@@ -232,10 +232,10 @@ class Daemon(Endpoints):
             self.wake.clear()
             # the next tick: the interval, a change (exit, probe, log hint), or the moment an
             # alert's hold runs out (so a page leaves then, not at the tick after)
-            timeout = interval
+            timeout = until_beat(interval)  # with the probes: one wake-up for both
             deadline = self.alerts.next_deadline()
             if deadline is not None:
-                timeout = min(interval, max(0.0, deadline - self.clock()) + DEADLINE_SLACK_SECONDS)
+                timeout = min(timeout, max(0.0, deadline - self.clock()) + DEADLINE_SLACK_SECONDS)
             waiter = asyncio.ensure_future(self.wake.wait())
             stopper = asyncio.ensure_future(self.stop_requested.wait())
             await asyncio.wait(
@@ -288,9 +288,10 @@ class Daemon(Endpoints):
         """How late a timer fires: the event loop's lag, as every page and probe sees it."""
         loop = asyncio.get_running_loop()
         while True:
-            asked = loop.time()
-            await asyncio.sleep(LAG_SAMPLE_SECONDS)
-            self.metrics.loop_lag.observe(max(0.0, loop.time() - asked - LAG_SAMPLE_SECONDS))
+            wait = until_beat(LAG_SAMPLE_SECONDS)  # on the beat, when the loop is busiest
+            due = loop.time() + wait
+            await asyncio.sleep(wait)
+            self.metrics.loop_lag.observe(max(0.0, loop.time() - due))
 
     def _on_handover(self) -> None:
         """SIGUSR2 (systemd's RestartKillSignal): exit without draining; the next daemon adopts

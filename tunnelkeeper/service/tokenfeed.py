@@ -29,7 +29,7 @@ from tunnelkeeper.sources import (
     open_source,
 )
 from tunnelkeeper.supervise.supervisor import TunnelSupervisor
-from tunnelkeeper.tasks import keep_running, wait_event
+from tunnelkeeper.tasks import keep_running, until_beat, wait_event
 
 log = structlog.get_logger("tunnelkeeper.tokens")
 ROLL_POLL_SECONDS = 0.2
@@ -91,11 +91,8 @@ class TokenFeed:
 
     async def _run(self) -> None:
         while True:
-            timeout = (
-                None
-                if self.watcher is None or self.watcher.source.is_static
-                else (self.poll_seconds)
-            )
+            static = self.watcher is None or self.watcher.source.is_static
+            timeout = None if static or not self.poll_seconds else until_beat(self.poll_seconds)
             await wait_event(self._poll_now, timeout)
             force = self._poll_now.is_set()
             self._poll_now.clear()

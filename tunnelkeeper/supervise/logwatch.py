@@ -4,8 +4,8 @@ One inotify descriptor per event loop (watched with ``add_reader``), one-shot wa
 has caught up arms ``IN_MODIFY | IN_ONESHOT`` on its file and waits for the first write or its
 poll interval, whichever comes first. The kernel removes a watch once it fires, so a replica
 that floods its log costs one event per wait, not one per line; a quiet one costs nothing but its
-watch. The poll interval stays as the safety net (and the whole mechanism if inotify cannot be
-had: its limits are per user and may be exhausted by other programs).
+watch, and a safety-net poll every SAFETY_NET_SECONDS. Without inotify (its limits are per user
+and may be exhausted by other programs) the tail polls at its own interval.
 """
 
 from __future__ import annotations
@@ -17,9 +17,12 @@ from pathlib import Path
 import structlog
 from inotify_simple import INotify, flags  # type: ignore[import-untyped]
 
+from tunnelkeeper.tasks import until_beat
+
 log = structlog.get_logger("tunnelkeeper.logwatch")
 
 _MASK = flags.MODIFY | flags.ONESHOT
+SAFETY_NET_SECONDS = 10.0
 
 
 class LogWatch:
@@ -30,7 +33,8 @@ class LogWatch:
         loop.add_reader(self._inotify.fileno(), self._on_events)
 
     async def wait(self, path: Path, at_most_seconds: float) -> None:
-        """Until ``path`` is written to, or ``at_most_seconds``."""
+        """Until ``path`` is written to, or (in case an event was missed) the next
+        SAFETY_NET_SECONDS beat at least ``at_most_seconds`` away."""
         try:
             wd = self._inotify.add_watch(path, _MASK)
         except OSError:  # gone, or out of watches: poll
@@ -38,7 +42,11 @@ class LogWatch:
             return
         written = self.loop.create_future()
         self._waiting[wd] = written
-        timer = self.loop.call_later(at_most_seconds, _settle, written)
+        # a write wakes us; the timer is only a safety net, on a shared beat (one wake-up of
+        # the loop for every quiet replica, not one each)
+        timer = self.loop.call_later(
+            max(until_beat(SAFETY_NET_SECONDS), at_most_seconds), _settle, written
+        )
         try:
             await written
         finally:

@@ -8,6 +8,7 @@ on the supervisor's own state, from the daemon's single loop and the per-replica
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ from tunnelkeeper.supervise.probe import Prober
 from tunnelkeeper.supervise.records import Replica, SlotState
 from tunnelkeeper.supervise.replica import ReplicaProcess
 from tunnelkeeper.supervise.stops import child_stop_change, is_stopped
+from tunnelkeeper.tasks import until_beat
 from tunnelkeeper.tunneltoken import TunnelToken
 
 STARTING_PROBE_SECONDS = 0.1
@@ -34,6 +36,11 @@ HINT_GAP_SECONDS = 0.25
 # log the loss a moment before its /ready counts it)
 HINT_FOLLOW_UP_SECONDS = 0.1
 EXIT_BACKOFF_CAP_SECONDS = 30.0
+# Tunnels are probed in this many groups spread over the probe interval: one burst of every
+# probe at once would make the answers queue behind each other (probe latency) and the loop
+# busy for the whole burst (its lag); one wake-up per replica would cost more CPU than the
+# probes (see bench/README.md, "Probe wire").
+PROBE_GROUPS = 4
 # A replica ready this long before it exits is not part of a crash loop.
 STABLE_SECONDS = 5.0
 
@@ -51,6 +58,8 @@ class Observation:
     slots: list[SlotState]
     proven: TunnelToken | None
     token_refused: bool
+    # what _export last set, per slot (and "tunnel"): a series is set again only on a change
+    _exported: dict[int | str, tuple[object, ...]]
     _log: structlog.typing.FilteringBoundLogger
 
     if TYPE_CHECKING:  # provided by TunnelSupervisor and Rollout
@@ -59,13 +68,13 @@ class Observation:
         def target_token(self) -> TunnelToken | None: ...
 
     async def _probe_loop(self, r: Replica) -> None:
-        last_version_at = -1e9
+        last_usage_at = -1e9
         while r.proc.running:
             asked_at = self.clock()
             result = await self.prober.ready(r.proc.spec.metrics_port)
             now = self.clock()
             self.metrics.probe_duration.observe(now - asked_at)
-            before = r.observed()
+            before = r.probe_view()
             r.probed_at, r.stale = now, False
             if result.answered:
                 r.silent_since = None
@@ -93,19 +102,29 @@ class Observation:
                     self._wake_in(self.daemon.unresponsive_after_seconds)  # UNRESPONSIVE then
                 if not r.stopped and r.proc.pid is not None and is_stopped(r.proc.pid):
                     self._set_stopped(r, True)  # not slow but stopped: no need to wait
-            if before != r.observed() or result.ready_connections == 0:
+            if before != r.probe_view() or result.ready_connections == 0:
                 self.wake.set()
-            if result.answered and now - last_version_at >= self.daemon.metrics_interval_seconds:
-                last_version_at = now
-                r.version = await self.prober.version(r.proc.spec.metrics_port) or r.version
+            if result.answered and now - last_usage_at >= self.daemon.metrics_interval_seconds:
+                last_usage_at = now
+                if r.version is None:  # a process's version never changes: asked until known
+                    r.version = await self.prober.version(r.proc.spec.metrics_port)
                 self._export_usage(r)
-            interval = (
-                STARTING_PROBE_SECONDS if r.ready_at is None else self.daemon.probe_interval_seconds
-            )
             if r.hinted and r.ready_connections > 0:
-                interval = HINT_FOLLOW_UP_SECONDS
+                seconds = HINT_FOLLOW_UP_SECONDS
+            elif r.ready_at is None:
+                seconds = STARTING_PROBE_SECONDS
+            else:
+                # on the tunnel's beat: its replicas' probes leave together with those of the
+                # other tunnels in its group, and the answers are read in a few wake-ups of the
+                # loop, not one per replica
+                seconds = until_beat(self.daemon.probe_interval_seconds, self.probe_phase)
             r.hinted = False
-            await self._nap(r, interval)
+            await self._nap(r, seconds)
+
+    @property
+    def probe_phase(self) -> float:
+        """Where in the probe interval this tunnel's group is probed (stable per name)."""
+        return (zlib.crc32(self.cfg.name.encode()) % PROBE_GROUPS) / PROBE_GROUPS
 
     async def _nap(self, r: Replica, seconds: float) -> None:
         """Wait for the next probe: a timer (as cheap as a sleep; exits are reported by the
@@ -212,6 +231,8 @@ class Observation:
         return not (p is not None and p.ready_at is not None and now - p.ready_at >= STABLE_SECONDS)
 
     def _export(self, now: float) -> None:
+        """The tunnel's gauges, every tick; a series is set only when its value changed (the
+        label lookups were most of a tick's cost at a hundred replicas)."""
         m, name = self.metrics, self.cfg.name
         ready = 0
         for slot in range(len(self.slots)):
@@ -219,24 +240,29 @@ class Observation:
             up = r is not None and r.proc.running
             conns = r.ready_connections if r is not None and not r.stale else 0
             ready += 1 if up and conns > 0 else 0
+            phase = self.phase(r, now) if r is not None else Phase.EXITED
+            values = (up, conns, self.crash_looping(slot), phase)
+            if self._exported.get(slot) == values:
+                continue
+            self._exported[slot] = values
             m.replica_up.labels(name, str(slot)).set(1 if up else 0)
             m.replica_ready_connections.labels(name, str(slot)).set(conns)
-            m.replica_crash_looping.labels(name, str(slot)).set(
-                1 if self.crash_looping(slot) else 0
-            )
-            phase = self.phase(r, now) if r is not None else Phase.EXITED
+            m.replica_crash_looping.labels(name, str(slot)).set(1 if values[2] else 0)
             for p in Phase:
                 m.replica_state.labels(name, str(slot), p.value).set(1 if p is phase else 0)
-        m.tunnel_ready_replicas.labels(name).set(ready)
         valid = self.target_token() is not None and not self.token_refused
-        m.tunnel_token_valid.labels(name).set(1 if valid else 0)
+        if self._exported.get("tunnel") != (ready, valid):
+            self._exported["tunnel"] = (ready, valid)
+            m.tunnel_ready_replicas.labels(name).set(ready)
+            m.tunnel_token_valid.labels(name).set(1 if valid else 0)
 
     def _export_usage(self, r: Replica) -> None:
         """CPU and memory of a primary replica's process (psutil), every metrics interval."""
         if r.role is not Role.PRIMARY or r.proc.pid is None:
             return
         try:
-            p = psutil.Process(r.proc.pid)
+            p = r.ps if r.ps is not None and r.ps.pid == r.proc.pid else psutil.Process(r.proc.pid)
+            r.ps = p
             with p.oneshot():
                 cpu = p.cpu_times()
                 rss = p.memory_info().rss

@@ -12,8 +12,9 @@ import re
 import uuid
 from dataclasses import dataclass
 
-import h11
 from prometheus_client.parser import text_string_to_metric_families
+
+from tunnelkeeper.supervise.probewire import Wire, WireError
 
 MAX_BODY_BYTES = 64 * 1024
 # cloudflared's /metrics is ~50 KB and build_info sorts near its top; a replica serving more
@@ -85,90 +86,38 @@ class ProbeError(Exception):
 
 
 class Prober:
-    """GETs against replicas' metrics servers on loopback, over kept-alive connections.
-
-    This is the daemon's hot path (every replica, every second), so it speaks HTTP/1.1 through
-    h11's state machine directly on asyncio streams: a probe costs a fraction of a general-purpose
-    client's CPU, which is what lets one daemon watch a hundred replicas.
-    """
+    """GETs against replicas' metrics servers on loopback, over kept-alive connections (see
+    :mod:`~tunnelkeeper.supervise.probewire` for why it costs what it does)."""
 
     def __init__(self, timeout_seconds: float) -> None:
         self.timeout_seconds = timeout_seconds
-        self._idle: dict[
-            int, tuple[asyncio.StreamReader, asyncio.StreamWriter, h11.Connection]
-        ] = {}
+        self._wire = Wire()
+        self._last_ready: dict[int, tuple[int, bytes, ReadyResult]] = {}
 
     async def _get(self, port: int, path: str, limit: int) -> tuple[int, bytes]:
         for attempt in (1, 2):
-            kept = self._idle.pop(port, None)
             try:
                 async with asyncio.timeout(self.timeout_seconds):
-                    return await self._exchange(port, path, limit, kept)
-            except TimeoutError as exc:  # before OSError: TimeoutError is one since 3.10
+                    return await self._wire.get(port, path, limit)
+            except TimeoutError as exc:
                 raise ProbeError("timeout") from exc
-            except (OSError, EOFError, h11.ProtocolError, ProbeError) as exc:
-                if kept is not None and attempt == 1:
+            except WireError as exc:
+                if exc.stale and attempt == 1:
                     continue  # the kept-alive connection had been closed: one fresh try
-                raise ProbeError(type(exc).__name__) from exc
+                raise ProbeError(str(exc)) from exc
         raise ProbeError("unreachable")
-
-    async def _exchange(
-        self,
-        port: int,
-        path: str,
-        limit: int,
-        kept: tuple[asyncio.StreamReader, asyncio.StreamWriter, h11.Connection] | None,
-    ) -> tuple[int, bytes]:
-        if kept is None:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            conn = h11.Connection(h11.CLIENT)
-        else:
-            reader, writer, conn = kept
-        try:
-            writer.write(
-                conn.send(
-                    h11.Request(
-                        method="GET",
-                        target=path,
-                        headers=[("Host", f"127.0.0.1:{port}"), ("User-Agent", "tunnelkeeper")],
-                    )
-                )
-            )
-            writer.write(conn.send(h11.EndOfMessage()))
-            status, body = 0, bytearray()
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    data = await reader.read(65536)
-                    if not data:
-                        raise EOFError("connection closed")
-                    conn.receive_data(data)
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                    if len(body) > limit:
-                        raise ProbeError("body too large")
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                elif isinstance(event, h11.ConnectionClosed):
-                    raise EOFError("connection closed")
-            if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-                conn.start_next_cycle()
-                self._idle[port] = (reader, writer, conn)
-            else:
-                writer.close()
-            return status, bytes(body)
-        except BaseException:
-            writer.close()
-            raise
 
     async def ready(self, port: int) -> ReadyResult:
         try:
             status, body = await self._get(port, "/ready", MAX_BODY_BYTES)
         except ProbeError as exc:
             return ReadyResult(False, error=str(exc))
-        return parse_ready(status, body)
+        last = self._last_ready.get(port)
+        if last is not None and last[0] == status and last[1] == body:
+            return last[2]  # the same answer as last time (the common case): not parsed again
+        result = parse_ready(status, body)
+        self._last_ready[port] = (status, body, result)
+        return result
 
     async def version(self, port: int) -> str | None:
         try:
@@ -180,10 +129,8 @@ class Prober:
         return parse_build_version(body.decode("utf-8", errors="replace"))
 
     def forget(self, port: int) -> None:
-        kept = self._idle.pop(port, None)
-        if kept is not None:
-            kept[1].close()
+        self._wire.forget(port)
+        self._last_ready.pop(port, None)
 
     async def aclose(self) -> None:
-        for port in list(self._idle):
-            self.forget(port)
+        self._wire.close()

@@ -71,6 +71,7 @@ class TunnelSupervisor(Observation, Rollout):
         self.failed_fingerprints: set[str] = set()
         self.rotation_target: str | None = None
         self.epoch = 0
+        self._exported = {}
         self.rollout_failures = 0
         self.binary: Path = cloudflared.path  # what new replicas run (see upgrade)
         self.run_as: RunAs | None = None  # who new replicas run as (see identity)
@@ -105,6 +106,7 @@ class TunnelSupervisor(Observation, Rollout):
             self.slots.append(SlotState())
         for slot in range(cfg.replicas, len(self.slots)):
             self.metrics.forget_slot(cfg.name, str(slot))
+            self._exported.pop(slot, None)
         del self.slots[cfg.replicas :]
         self.metrics.tunnel_desired_replicas.labels(cfg.name).set(cfg.replicas)
         self.wake.set()
