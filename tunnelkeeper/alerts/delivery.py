@@ -17,9 +17,8 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import structlog
 
 from tunnelkeeper.alertcatalog import SEVERITY_RANK
@@ -38,6 +37,9 @@ from tunnelkeeper.alerts.sinks import SinkError, build_request, describe_excepti
 from tunnelkeeper.config.model import SinkConfig
 from tunnelkeeper.metrics import Metrics
 from tunnelkeeper.tasks import keep_running, wait_event
+
+if TYPE_CHECKING:  # imported where used: the daemon loads httpx only if it needs it
+    import httpx
 
 log = structlog.get_logger("tunnelkeeper.alerts")
 
@@ -62,6 +64,8 @@ async def post(
     The whole attempt — connect, send, response headers and the body snippet — must finish
     within the sink's ``timeout_seconds`` (httpx's timeouts are per operation: a receiver
     trickling a byte every few seconds would otherwise hold the sink for good)."""
+    import httpx  # a daemon without sinks never loads it
+
     try:
         request = build_request(sink, batch, datetime.now(UTC))
         async with asyncio.timeout(sink.timeout_seconds):
@@ -109,6 +113,8 @@ class _SinkWorker:
         self.last_error: str | None = None
 
     async def run(self) -> None:
+        import httpx
+
         timeout = httpx.Timeout(self.sink.timeout_seconds)
         async with httpx.AsyncClient(
             timeout=timeout, follow_redirects=False, transport=self.d.transport

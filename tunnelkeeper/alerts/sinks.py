@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import httpx
-
 from tunnelkeeper import __version__
 from tunnelkeeper.alerts import formats
 from tunnelkeeper.alerts.notification import Notification
@@ -146,6 +144,8 @@ def describe_exception(exc: BaseException, sink: SinkConfig) -> str:
     """A short, secret-free description of a failed request."""
     if isinstance(exc, SinkError):
         return str(exc)
+    import httpx  # loaded already if it raised
+
     if isinstance(exc, httpx.TimeoutException):
         return f"no response within {sink.timeout_seconds:g}s ({type(exc).__name__})"
     text = f"{type(exc).__name__}: {exc}".strip().rstrip(":")

@@ -9,8 +9,7 @@ import asyncio
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-import httpx
+from typing import TYPE_CHECKING
 
 from tunnelkeeper.alertcatalog import TEST_ALERT, render
 from tunnelkeeper.alerts.delivery import post
@@ -18,6 +17,9 @@ from tunnelkeeper.alerts.notification import FIRING, RESOLVED, Alert, Notificati
 from tunnelkeeper.alerts.retry import Outcome
 from tunnelkeeper.config.model import Config, SinkConfig
 from tunnelkeeper.metrics import Metrics
+
+if TYPE_CHECKING:
+    import httpx
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ def test_alert(host: str, wall: datetime) -> Alert:
 async def _send_one(
     sink: SinkConfig, alert: Alert, metrics: Metrics, transport: httpx.AsyncBaseTransport | None
 ) -> SinkResult:
+    import httpx  # the daemon loads it only when a test alert is sent
+
     async with httpx.AsyncClient(
         timeout=httpx.Timeout(sink.timeout_seconds), follow_redirects=False, transport=transport
     ) as client:

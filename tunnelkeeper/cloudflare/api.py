@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import os
 from dataclasses import dataclass
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from tunnelkeeper.errors import TunnelkeeperError
 from tunnelkeeper.tunneltoken import TunnelToken
+
+if TYPE_CHECKING:  # imported where used: the daemon loads httpx only if it needs it
+    import httpx
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -77,6 +78,8 @@ class CloudflareAPI:
     def __init__(
         self, api_url: str, account_id: str, api_token: str, *, timeout_seconds: float = 15.0
     ) -> None:
+        import httpx  # only a daemon with [cloudflare] configured loads it
+
         self.api_url = api_url.rstrip("/")
         self.account_id = account_id
         self._client = httpx.AsyncClient(
@@ -87,6 +90,8 @@ class CloudflareAPI:
         self.requests_made = 0
 
     async def _call(self, method: str, path: str, **kw: Any) -> Any:
+        import httpx
+
         url = f"{self.api_url}/accounts/{self.account_id}{path}"
         self.requests_made += 1
         try:

@@ -13,11 +13,13 @@ import hashlib
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-import httpx
-
 from tunnelkeeper.errors import TunnelkeeperError
+
+if TYPE_CHECKING:  # imported where used: the daemon loads httpx only if it needs it
+    import httpx
 
 MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024  # cloudflared is ~40 MB
 DOWNLOAD_TIMEOUT_SECONDS = 30.0  # per connect/read/write
@@ -65,6 +67,8 @@ def _copy_file(source: Path, part: Path) -> None:
 
 def _download(url: str, part: Path) -> None:
     """Stream ``url`` into ``part``, resuming a previous partial download when the server can."""
+    import httpx  # only a download loads it
+
     shown = shown_url(url)
     deadline = time.monotonic() + DOWNLOAD_DEADLINE_SECONDS
     try:

@@ -11,9 +11,8 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import structlog
 
 from tunnelkeeper.config.model import VaultSourceConfig
@@ -26,6 +25,9 @@ from tunnelkeeper.sources.base import (
 )
 from tunnelkeeper.sources.file import read_token_text
 from tunnelkeeper.tunneltoken import TunnelToken
+
+if TYPE_CHECKING:  # imported where used: the daemon loads httpx only if it needs it
+    import httpx
 
 log = structlog.get_logger(__name__)
 
@@ -147,6 +149,8 @@ class VaultSource(TokenSource):
         return f"/v1/{self._mount}/{kind}/{self._path}"
 
     def _http(self) -> httpx.AsyncClient:
+        import httpx  # only a daemon with a vault source loads it
+
         if self._client is None:
             headers = {"X-Vault-Request": "true"}
             if self.cfg.namespace:
@@ -177,6 +181,8 @@ class VaultSource(TokenSource):
     async def _send(
         self, method: str, url: str, *, token: str | None, **kwargs: Any
     ) -> httpx.Response:
+        import httpx
+
         headers = {"X-Vault-Token": token} if token else {}
         try:
             return await self._http().request(method, url, headers=headers, **kwargs)
