@@ -1,5 +1,5 @@
-"""Overhead and scale: tunnelkeeper's own CPU and memory supervising 4, 20 and 100 replicas
-(tunnels of 4 replicas each, 25 tunnels at 100) with 1 s probes, beside supervisord supervising
+"""Overhead and scale: tunnelkeeper's own CPU and memory supervising 4, 20, 100 and 250 replicas
+(tunnels of 4 replicas each, 25 tunnels at 100; 10 tunnels of 25 at 250) with 1 s probes, beside supervisord supervising
 the same number of cloudflared-sim processes; probe latency and loop lag from tunnelkeeper's
 /metrics.
 
@@ -37,8 +37,14 @@ PER_TUNNEL = 4
 METRICS_EVERY_S = 5.0
 
 
+def per_tunnel(n: int) -> int:
+    """Tunnels of 4 replicas up to 100 (25 tunnels); beyond, tunnels of 25 (the per-tunnel
+    limit): 250 replicas are 10 tunnels of 25."""
+    return PER_TUNNEL if n <= 100 else 25
+
+
 def tunnel_names(n: int) -> list[str]:
-    return [f"t{i:02d}" for i in range(n // PER_TUNNEL)]
+    return [f"t{i:02d}" for i in range(n // per_tunnel(n))]
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -163,12 +169,13 @@ def children_rss_mb(pid: int) -> float:
 
 
 def measure_tk(work: Path, sim: Sim, n: int, window: float, settle: float) -> dict[str, Any]:
-    tunnels = {t: {"replicas": PER_TUNNEL, "unhealthy_after_seconds": 20} for t in tunnel_names(n)}
+    per = per_tunnel(n)
+    tunnels = {t: {"replicas": per, "unhealthy_after_seconds": 20} for t in tunnel_names(n)}
     d = start_daemon(tk_config(work / f"tk-{n}", sim, tunnels))
     try:
         t0 = time.monotonic()
         wait_until(
-            lambda: all(t["ready_replicas"] == PER_TUNNEL for t in d.status()["tunnels"]),
+            lambda: all(t["ready_replicas"] == per for t in d.status()["tunnels"]),
             timeout=300,
             interval=1,
             what=f"{n} replicas ready",
@@ -193,7 +200,7 @@ def measure_tk(work: Path, sim: Sim, n: int, window: float, settle: float) -> di
 def measure_supervisord(
     work: Path, sim: Sim, n: int, window: float, settle: float, stoppers: list[threading.Thread]
 ) -> dict[str, Any]:
-    names = [(t, i) for t in tunnel_names(n) for i in range(PER_TUNNEL)]
+    names = [(t, i) for t in tunnel_names(n) for i in range(per_tunnel(n))]
     programs = {
         f"{t}_{i}": cloudflared_argv(sim, t, port)
         for (t, i), port in zip(names, free_ports(n), strict=True)
@@ -233,7 +240,8 @@ def measure_supervisord(
 def run(
     work: Path, sizes: list[int], sd_sizes: list[int], window: float, settle: float
 ) -> dict[str, Any]:
-    sim = start_sim(work / "sim", {t: "builtin" for t in tunnel_names(max(sizes + sd_sizes))})
+    most = max((tunnel_names(n) for n in sizes + sd_sizes), key=len)
+    sim = start_sim(work / "sim", {t: "builtin" for t in most})
     out: dict[str, Any] = {
         "window_s": window,
         "probe_interval_s": 1.0,
@@ -262,7 +270,7 @@ def run(
 def table(res: dict[str, Any]) -> list[str]:
     lines = [
         f"{'supervisor':13} {'replicas':>8} {'CPU % core':>10} {'RSS MB':>7} {'ready after s':>13} "
-        f"{'loop lag ms p50/p99':>20} {'probe ms mean/p99':>20}"
+        f"{'loop lag ms p50/p99':>20} {'probe ms mean/p99':>20} {'CPU µs/replica/s':>17}"
     ]
     for who in ("tunnelkeeper", "supervisord"):
         for n, r in res[who].items():
@@ -275,7 +283,8 @@ def table(res: dict[str, Any]) -> list[str]:
             probe = f"{pr['mean_ms']}/{pr['p99_ms']}" if pr.get("probes") else "-"
             lines.append(
                 f"{who:13} {n:>8} {r['cpu_percent_of_core']:>10} {r['rss_mb_max']:>7} "
-                f"{r['all_ready_after_s']:>13} {lag:>20} {probe:>20}"
+                f"{r['all_ready_after_s']:>13} {lag:>20} {probe:>20} "
+                f"{round(1e4 * r['cpu_percent_of_core'] / int(n)):>17}"
             )
     lines.append(f"(window {res['window_s']:g} s, 1 s probes; RSS is the supervisor process alone)")
     return lines
