@@ -50,12 +50,16 @@ def log_sizes(runtime: Path) -> tuple[int, int]:
     return written, allocated
 
 
-def skipped(metrics: str) -> float:
+def skipped(metrics: str, family: str = "tunnelkeeper_child_log_lines_skipped_total") -> float:
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in metrics.splitlines()
-        if line.startswith("tunnelkeeper_child_log_lines_skipped_total{")
+        if line.startswith(family + "{")
     )
+
+
+def unread(metrics: str) -> float:
+    return skipped(metrics, "tunnelkeeper_child_log_unread_bytes_total")
 
 
 def run(work: Path, replicas: int, window: float, daemon_python: str | None) -> dict[str, Any]:
@@ -100,6 +104,7 @@ def run(work: Path, replicas: int, window: float, daemon_python: str | None) -> 
             "rss_mb_median": round(statistics.median(rss) / 2**20, 1),
             "log_mb_per_s": round((w1 - w0) / secs / 2**20, 2),
             "lines_skipped_per_s": round(lines / secs),
+            "log_mb_per_s_left_unread": round((unread(last) - unread(first)) / secs / 2**20, 2),
             "log_allocated_mb_max": round(max(allocated) / 2**20, 1),
             "loop_lag_ms_p50": lag["p50_ms"],
             "loop_lag_ms_p99": lag["p99_ms"],

@@ -185,6 +185,13 @@ class Metrics:
             ["tunnel", "slot"],
             registry=r,
         )
+        self.child_log_unread = Counter(
+            "tunnelkeeper_child_log_unread_bytes",
+            "cloudflared log bytes left unread under a log flood: only the latest 64 KiB of "
+            "each half second of a flood is read (its lines counted as skipped or relayed).",
+            ["tunnel", "slot"],
+            registry=r,
+        )
         self.task_restarts = Counter(
             "tunnelkeeper_task_restarts",
             "Long-lived tasks that failed and were restarted (a bug or an exhausted resource; "

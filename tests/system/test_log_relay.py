@@ -177,3 +177,41 @@ def test_a_line_cut_at_the_ceiling_where_the_reader_stands_is_not_glued_to_the_n
         writer.stdout.close()
     assert reader.lines == [b"a" * 2999, b"next"]
     assert reader.skipped == 1
+
+
+def test_a_skim_leaves_all_but_the_latest_lines_unread_and_accounts_for_every_byte(
+    tmp_path: Path,
+) -> None:
+    """Under a flood the tail reads only the latest SKIM_KEEP_BYTES: what it jumps over is
+    reported in bytes, the line the jump cuts is dropped whole, and every line relayed after
+    it is whole and in order."""
+    from tunnelkeeper.supervise.logtail import SKIM_KEEP_BYTES
+
+    path = tmp_path / "replica.log"
+    fd = open_for_child(path)
+    line = b"seq=%d " + b"x" * 80 + b"\n"
+    data = b"".join(line % i for i in range(20000))  # ~1.8 MB: far more than is kept
+    os.write(fd, data)
+    unread: list[int] = []
+    lines: list[bytes] = []
+    skipped: list[int] = []
+    tail = LogTail(
+        path,
+        lambda block, backlog: lines.extend(block[:-1].split(b"\n")),
+        lambda n, size: skipped.append(n),
+        on_unread=unread.append,
+    )
+    tail.read_available(4096)  # it had begun reading: a partial line is pending
+    before = list(lines)
+    assert tail.skim() == len(data) - 4096 - SKIM_KEEP_BYTES
+    tail.read_available()
+    os.write(fd, line % 20000)
+    tail.read_available()
+    os.close(fd)
+    after = lines[len(before) :]
+    seqs = [int(m.group(1)) for m in map(LINE.fullmatch, after) if m]
+    assert len(seqs) == len(after)  # whole lines only
+    assert seqs == list(range(seqs[0], 20001))  # in order, to the last one written
+    assert sum(unread) == len(data) - 4096 - SKIM_KEEP_BYTES
+    assert sum(skipped) == 2  # the pending partial line, and the one the jump cut
+    assert 0 < len(after) * len(line % 1) < SKIM_KEEP_BYTES + len(line % 20000)

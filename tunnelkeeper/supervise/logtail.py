@@ -31,9 +31,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tunnelkeeper.supervise.logwatch import until_written
+from tunnelkeeper.tasks import until_beat
 
 MAX_LINE_BYTES = 16 * 1024
 MIN_READ_GAP_SECONDS = 0.02
+# a read this large (~1.6 MB/s at the minimum gap) means a flood: then read twice a second
+FLOOD_BYTES = 32 * 1024
+FLOOD_READ_SECONDS = 0.5
+SKIM_KEEP_BYTES = 64 * 1024
 READ_CHUNK = 1024 * 1024
 BUDGET_BYTES = 16 * 1024 * 1024  # unread log a replica may write (space per replica)
 PUNCH_EVERY_BYTES = 1024 * 1024
@@ -139,6 +144,7 @@ class LogTail:
         on_block: Callable[[bytes, bool], None],
         on_skip: Callable[[int, int], None] = lambda lines, size: None,
         *,
+        on_unread: Callable[[int], None] = lambda size: None,
         pid: int | None = None,
         budget_bytes: int = BUDGET_BYTES,
         resume: bool = False,
@@ -146,6 +152,7 @@ class LogTail:
         punch_every_bytes: int = PUNCH_EVERY_BYTES,
     ) -> None:
         self.path, self.on_block, self.on_skip = path, on_block, on_skip
+        self.on_unread = on_unread
         self.pid, self.budget_bytes = pid, budget_bytes
         self.interval_seconds = interval_seconds
         self.punch_every_bytes = punch_every_bytes
@@ -237,6 +244,26 @@ class LogTail:
             write_mark(self.path, self.offset - len(self._buf))
         return total
 
+    def skim(self) -> int:
+        """Under a flood, leave all but the last SKIM_KEEP_BYTES of what was written unread:
+        they are punched out unexamined and reported as a byte count (``on_unread``); the line
+        cut by the jump is dropped up to its end and counted as skipped. Returns bytes left
+        unread. What is kept is read as usual: the flood's latest lines, and its cause."""
+        try:
+            size = os.stat(self.path).st_size
+        except OSError:
+            return 0
+        unread = size - self.offset - SKIM_KEEP_BYTES
+        if unread <= 0:
+            return 0
+        if self._buf and not self._dropping:
+            self.on_skip(1, len(self._buf))
+        self._buf, self._dropping = b"", True
+        self.offset += unread
+        self._cuts = [c for c in self._cuts if c > self.offset]
+        self.on_unread(unread)
+        return unread
+
     def _cut_here(self) -> None:
         """A line the writer could not finish (its ceiling): count it, start afresh."""
         self._cuts = [c for c in self._cuts if c > self.offset]
@@ -289,9 +316,18 @@ class LogTail:
         loop = asyncio.get_running_loop()
         while True:
             read_at = loop.time()
-            busy = self.read_available(READ_CHUNK) >= READ_CHUNK
-            if busy:  # a flood: keep reading, but let the loop breathe
+            got = self.read_available(READ_CHUNK)
+            if got >= READ_CHUNK:  # a backlog: keep reading, but let the loop breathe
                 await asyncio.sleep(0)
+                continue
+            if got >= FLOOD_BYTES:
+                # a flood (cloudflared's dial loop, ~3 MB/s of three messages): look at it
+                # twice a second, on a beat shared with every other flooding replica, and only
+                # at its latest SKIM_KEEP_BYTES. Waking for each write and examining every byte
+                # cost the daemon 13% of a core for 4 flooding replicas; nothing in a flood is
+                # news (its first lines, read at once, already asked for the probe)
+                await asyncio.sleep(until_beat(FLOOD_READ_SECONDS))
+                self.skim()
                 continue
             # the next write (a lost connection is news at once), or the interval; but not
             # more often than MIN_READ_GAP, so a steady trickle of lines is read in batches

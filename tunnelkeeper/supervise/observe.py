@@ -30,6 +30,9 @@ from tunnelkeeper.tasks import until_beat
 from tunnelkeeper.tunneltoken import TunnelToken
 
 STARTING_PROBE_SECONDS = 0.1
+# ... for this long after its start; one not ready by then (no edge: a DNS outage, a refused
+# dial) is probed on the regular beat, like the others
+STARTING_FAST_SECONDS = 3.0
 # a log line saying a connection was lost asks for a probe now, at most this often per replica
 HINT_GAP_SECONDS = 0.25
 # ... and once more this soon after, if the first one found it still connected (cloudflared may
@@ -102,8 +105,8 @@ class Observation:
                     self._wake_in(self.daemon.unresponsive_after_seconds)  # UNRESPONSIVE then
                 if not r.stopped and r.proc.pid is not None and is_stopped(r.proc.pid):
                     self._set_stopped(r, True)  # not slow but stopped: no need to wait
-            if before != r.probe_view() or result.ready_connections == 0:
-                self.wake.set()
+            if before != r.probe_view():
+                self.wake.set()  # a change: decide now (time-based ones have their own timers)
             if result.answered and now - last_usage_at >= self.daemon.metrics_interval_seconds:
                 last_usage_at = now
                 if r.version is None:  # a process's version never changes: asked until known
@@ -111,7 +114,7 @@ class Observation:
                 self._export_usage(r)
             if r.hinted and r.ready_connections > 0:
                 seconds = HINT_FOLLOW_UP_SECONDS
-            elif r.ready_at is None:
+            elif r.ready_at is None and now - r.started_at < STARTING_FAST_SECONDS:
                 seconds = STARTING_PROBE_SECONDS
             else:
                 # on the tunnel's beat: its replicas' probes leave together with those of the

@@ -253,6 +253,7 @@ class TunnelSupervisor(Observation, Rollout):
         proc.on_skipped = self.metrics.child_log_skipped.labels(
             self.cfg.name, str(proc.rid.slot)
         ).inc
+        proc.on_unread = self.metrics.child_log_unread.labels(self.cfg.name, str(proc.rid.slot)).inc
 
         def hint() -> None:
             r = self.replicas.get(str(proc.rid))
@@ -291,6 +292,8 @@ class TunnelSupervisor(Observation, Rollout):
     # --- lifecycle ---------------------------------------------------------------------------
 
     def _start_probe(self, r: Replica) -> None:
+        if r.ready_at is None:  # act at its ready timeout, not at the tick after it
+            self._wake_in(self.timing.ready_timeout_seconds)
         run = keep_running(
             "probe",
             lambda: self._probe_loop(r),
