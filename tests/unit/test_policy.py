@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tunnelkeeper.supervise.policy import (
     Abandon,
     Drain,
@@ -14,6 +16,7 @@ from tunnelkeeper.supervise.policy import (
     TunnelPlan,
     decide,
     phase_of,
+    prestart_after,
 )
 
 T = Timing(unhealthy_after_seconds=20, unresponsive_after_seconds=3, ready_timeout_seconds=60)
@@ -174,3 +177,39 @@ def test_a_successor_replacing_a_primary_on_an_old_spec_is_kept() -> None:
     successor = rep(0, role=Role.SUCCESSOR, spec="other:0", gen=2, conns=0, ready_at=None)
     d = decide(plan(1), [primary, successor], T, now=5)
     assert not any(isinstance(a, Drain) for a in d.actions)
+
+
+def successor_of(slot: int, *, conns: int, started_at: float, reason: str) -> Observed:
+    r = rep(slot, role=Role.SUCCESSOR, conns=conns, ready_at=None, started_at=started_at, gen=2)
+    return replace(r, ready_at=started_at + 0.5 if conns else None, reason=reason)
+
+
+def test_a_dark_primary_gets_its_successor_started_before_unhealthy_after_runs_out() -> None:
+    # unhealthy_after 20 s: the successor starts after 19 s dark, to be ready at 20 s
+    assert prestart_after(T) == 19.0
+    dark = rep(0, conns=0, zero_since=80)
+    assert decide(plan(2), [dark, rep(1)], T, now=98.9).actions == ()
+    assert decide(plan(2), [dark, rep(1)], T, now=99.0).actions == (
+        Spawn(0, Role.SUCCESSOR, "no_connections"),
+    )
+
+
+def test_a_prestarted_successor_takes_over_only_once_unhealthy_after_has_run_out() -> None:
+    dark = rep(0, conns=0, zero_since=80)
+    ready = successor_of(0, conns=4, started_at=99.0, reason="no_connections")
+    assert decide(plan(2), [dark, ready, rep(1)], T, now=99.8).actions == ()  # held
+    assert decide(plan(2), [dark, ready, rep(1)], T, now=100.0).actions == (
+        Promote(ready.key, "successor_ready"),
+    )
+
+
+def test_a_successor_for_a_dark_primary_is_drained_when_the_primary_recovers() -> None:
+    recovered = rep(0, conns=4, zero_since=None)
+    for conns in (0, 4):  # still starting, or already ready: either way not needed
+        successor = successor_of(0, conns=conns, started_at=99.0, reason="no_connections")
+        assert decide(plan(2), [recovered, successor, rep(1)], T, now=99.5).actions == (
+            Drain(successor.key, "primary_recovered"),
+        )
+    # a rotation's successor is not affected by the primary serving (it always serves)
+    rolling = successor_of(0, conns=0, started_at=99.0, reason="rotation")
+    assert decide(plan(2), [recovered, rolling, rep(1)], T, now=99.5).actions == ()

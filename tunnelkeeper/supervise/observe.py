@@ -97,6 +97,7 @@ class Observation:
                         self.proven = r.proc.token
                 elif r.zero_since is None and r.ready_at is not None:
                     r.zero_since = now
+                    self._wake_in(policy.prestart_after(self.timing))  # its successor starts
                     self._wake_in(self.cfg.unhealthy_after_seconds)  # UNHEALTHY at that moment
                 self._set_stopped(r, False)
             else:

@@ -64,6 +64,7 @@ class Observed:
     token_fingerprint: str = ""
     stale: bool = False  # no fresh probe result: what it does now is not known
     stopped: bool = False  # stopped by a signal: serves nothing until continued
+    reason: str = ""  # why it was started (a Spawn's reason)
 
 
 def phase_of(r: Observed, t: Timing, now: float) -> Phase:
@@ -89,6 +90,28 @@ def phase_of(r: Observed, t: Timing, now: float) -> Phase:
     if r.ready_connections < t.ha_connections:
         return Phase.DEGRADED
     return Phase.READY
+
+
+# A serving replica gone dark gets its successor started this long before unhealthy_after runs
+# out (at most half of it), so that the successor is ready at the edge when it does: the
+# replacement then costs no start-up time beyond unhealthy_after. It takes over only once the
+# primary has been dark for the whole of unhealthy_after, and is drained if the primary
+# recovers first.
+PRESTART_LEAD_SECONDS = 1.0
+
+
+def prestart_after(t: Timing) -> float:
+    """Seconds of darkness after which a serving replica's successor is started."""
+    return t.unhealthy_after_seconds - min(PRESTART_LEAD_SECONDS, t.unhealthy_after_seconds / 2)
+
+
+def _dark_long_enough_to_prestart(r: Observed, t: Timing, now: float) -> bool:
+    return (
+        r.ready_at is not None
+        and r.ready_connections == 0
+        and r.zero_since is not None
+        and now - r.zero_since >= prestart_after(t)
+    )
 
 
 def is_serving(r: Observed) -> bool:
@@ -211,9 +234,14 @@ def decide(plan: TunnelPlan, replicas: Sequence[Observed], t: Timing, now: float
                 and successor.token_fingerprint != plan.token_fingerprint
                 and primary.token_fingerprint == plan.token_fingerprint
             )
+            replacing_dark = successor.reason == "no_connections"
             if superseded:  # the roll it was for was called off (the source reverted)
                 actions.append(Drain(successor.key, "superseded"))
+            elif replacing_dark and is_serving(primary):
+                actions.append(Drain(successor.key, "primary_recovered"))
             elif is_gate_ready(successor, t):
+                if replacing_dark and phase_of(primary, t, now) is Phase.DEGRADED:
+                    continue  # pre-started: it takes over once unhealthy_after has run out
                 actions.append(Promote(successor.key, "successor_ready"))
             elif now - successor.started_at >= t.ready_timeout_seconds:
                 actions.append(Abandon(successor.key, "not_ready_in_time"))
@@ -225,6 +253,8 @@ def decide(plan: TunnelPlan, replicas: Sequence[Observed], t: Timing, now: float
         if why_replace is None and phase in (Phase.STARTING, Phase.DEGRADED):
             if primary.ready_at is None and now - primary.started_at >= t.ready_timeout_seconds:
                 why_replace = "no_connections"
+            elif _dark_long_enough_to_prestart(primary, t, now):
+                why_replace = "no_connections"  # started early, see PRESTART_LEAD_SECONDS
         if why_replace is not None:
             if edge_outage and (surging > 0 or now < plan.storm_backoff_until):
                 continue

@@ -106,6 +106,7 @@ class Replica:
             token_fingerprint=self.spec_id,
             stale=self.stale,
             stopped=self.stopped,
+            reason=self.reason,
         )
 
 
