@@ -67,7 +67,7 @@ def installed_copy(work: Path) -> str:
     of this tree in a fresh venv that borrows the checkout venv's dependencies by path."""
     venv_python = Path(sys.executable)
     subprocess.run(
-        [venv_python, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+        [venv_python, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
          str(work / "wheel"), str(Path(__file__).resolve().parent.parent)],
         check=True, capture_output=True,
     )  # fmt: skip
