@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -58,16 +59,32 @@ SLOW_START_SECONDS = FOR_SECONDS + 4  # the replacement's delay, so the page has
 # --- tunnelkeeper, fault by fault -----------------------------------------------------------------
 
 
-def mode_wrapper(work: Path) -> tuple[Path, Path]:
-    """A cloudflared.path wrapper: the replacement fails (``fail``) or starts slowly (``slow``)."""
+def mode_wrapper(work: Path, flood_edge: str | None = None) -> tuple[Path, Path]:
+    """A cloudflared.path wrapper: the replacement fails (``fail``) or starts slowly (``slow``).
+    With ``flood_edge``, replicas of the tunnel named "flood" dial that (closed) address
+    instead of the simulated edge: they flood their logs as real cloudflared does."""
     work.mkdir(parents=True, exist_ok=True)
     mode, wrapper = work / "replacement-mode", work / "cloudflared"
+    redirect = ""
+    if flood_edge:
+        redirect = (
+            'case "$*" in *-flood-*)\n  n=$#; prev=""\n  for a in "$@"; do\n'
+            f'    [ "$prev" = --edge ] && a={flood_edge}\n'
+            '    set -- "$@" "$a"; prev=$a\n  done\n  shift "$n";;\nesac\n'
+        )
     wrapper.write_text(
         f'#!/bin/sh\nm=$(cat "{mode}" 2>/dev/null)\n[ "$m" = fail ] && exit 1\n'
-        f'[ "$m" = slow ] && sleep {SLOW_START_SECONDS:g}\nexec {CLOUDFLARED_SIM} "$@"\n'
+        f'[ "$m" = slow ] && sleep {SLOW_START_SECONDS:g}\n{redirect}'
+        f'exec {CLOUDFLARED_SIM} "$@"\n'
     )
     wrapper.chmod(0o755)
     return mode, wrapper
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def pick_victim(d: Daemon, min_uptime: float) -> dict[str, Any]:
@@ -77,8 +94,10 @@ def pick_victim(d: Daemon, min_uptime: float) -> dict[str, Any]:
 
     def ready() -> dict[str, Any]:
         status = d.status()
-        # ReplicaCrashLooping (from the failing replacements) holds until the slot's next exit
-        if [a for a in status["alerts_firing"] if not a.startswith("ReplicaCrashLooping")]:
+        # ReplicaCrashLooping (from the failing replacements) holds until the slot's next exit;
+        # the flooding tunnel (--flood) is down for good
+        firing = status["alerts_firing"]
+        if [a for a in firing if not a.startswith("ReplicaCrashLooping") and "/flood" not in a]:
             return {}
         replicas = next(t for t in status["tunnels"] if t["name"] == "portal")["replicas"]
         if any(r["role"] != "primary" for r in replicas):
@@ -100,20 +119,26 @@ SCENARIOS: dict[str, tuple[str, str | None, str | None]] = {
 }
 
 
-def tk_pages(work: Path, sim: Sim, runs: int, slow_runs: int) -> dict[str, Any]:
+def tk_pages(work: Path, sim: Sim, runs: int, slow_runs: int, flood: int = 0) -> dict[str, Any]:
     """Each scenario ``runs`` times (``slow_runs`` for the slow-replacement ones, which wait
-    out their bounded wait): first page about the replica or its tunnel, and the named alert."""
+    out their bounded wait): first page about the replica or its tunnel, and the named alert.
+    With ``flood``, the same daemon also supervises that many replicas of a tunnel "flood"
+    whose edge refuses connections (each floods its log at cloudflared's rate)."""
     rcv = Receiver().start()
-    mode, wrapper = mode_wrapper(work)
+    mode, wrapper = mode_wrapper(work, f"127.0.0.1:{closed_port()}" if flood else None)
+    tunnels: dict[str, dict[str, Any]] = {"portal": {"replicas": 4, "unhealthy_after_seconds": 30}}
+    if flood:
+        tunnels["flood"] = {"replicas": flood, "unhealthy_after_seconds": 30}
     cfg = tk_config(
         work,
         sim,
-        {"portal": {"replicas": 4, "unhealthy_after_seconds": 30}},
+        tunnels,
         cloudflared=str(wrapper),
         extra=alerts_toml(f"{rcv.url}/tk", webhook_secret_file(work), FOR_SECONDS),
     )
     d = start_daemon(cfg)
     res: dict[str, Any] = {"for_seconds": FOR_SECONDS, "slow_start_seconds": SLOW_START_SECONDS}
+    started = time.monotonic()
     try:
         for scenario, (fault, replacement, alert) in SCENARIOS.items():
             first: list[float | None] = []
@@ -148,6 +173,16 @@ def tk_pages(work: Path, sim: Sim, runs: int, slow_runs: int) -> dict[str, Any]:
             if alert:
                 res[scenario][alert] = figures(named)
             res[scenario]["never_wait_s"] = wait_s
+        if flood:  # evidence that the flood ran: what its replicas wrote that was left unread
+            unread = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in d.metrics().splitlines()
+                if line.startswith("tunnelkeeper_child_log_unread_bytes_total{")
+                and 'tunnel="flood"' in line
+            )
+            res["flood_left_unread_mb_per_s"] = round(
+                unread / 2**20 / (time.monotonic() - started), 2
+            )
     finally:
         d.stop()
         rcv.stop()
@@ -190,13 +225,14 @@ def ratio(a: dict[str, Any] | None, b: dict[str, Any], key: str, plus: float = 0
 
 
 def run(
-    work: Path, runs: int, slow_runs: int, chain_runs: int, measure_defaults: bool
+    work: Path, runs: int, slow_runs: int, chain_runs: int, measure_defaults: bool, flood: int = 0
 ) -> dict[str, Any]:
     chains = ChainsInBackground(work / "chains", chain_runs, measure_defaults, FOR_SECONDS)
     chains.start()
-    sim = start_sim(work / "sim", {"portal": "builtin"})
+    sim = start_sim(work / "sim", {"portal": "builtin", "flood": "builtin"})
     try:
-        tk = tk_pages(work / "tk", sim, runs, slow_runs)
+        tk = tk_pages(work / "tk", sim, runs, slow_runs, flood)
+        tk["flooding_replicas"] = flood
     except BaseException:
         chains.result(abort=True)
         raise
@@ -254,6 +290,12 @@ def table(res: dict[str, Any]) -> list[str]:
         f"fault -> page, seconds beyond `for` (tunnelkeeper for_seconds = {FOR_SECONDS:g})",
         f"{'detector':38} {'fault: page / rule':40} {'median':>8} {'p99':>8} {'runs':>5}",
     ]
+    if tk.get("flooding_replicas"):
+        lines.insert(
+            1,
+            f"(while the same daemon supervised {tk['flooding_replicas']} replicas flooding their "
+            f"logs, {tk.get('flood_left_unread_mb_per_s')} MB/s of it left unread)",
+        )
     rows = [
         ("tunnelkeeper", f"{label}: {key}", tk[scenario][key], "")
         for scenario, label in (
@@ -304,11 +346,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slow-runs", type=int, default=3, help="runs of the slow-replacement ones")
     ap.add_argument("--chain-runs", type=int, default=20, help="replicas killed for the chains")
     ap.add_argument("--measure-defaults", action="store_true")
+    ap.add_argument(
+        "--flood", type=int, default=0, help="replicas of a second tunnel flooding their logs"
+    )
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tk-bench-det-") as tmp:
-        res = run(Path(tmp), args.runs, args.slow_runs, args.chain_runs, args.measure_defaults)
+        res = run(
+            Path(tmp), args.runs, args.slow_runs, args.chain_runs, args.measure_defaults, args.flood
+        )
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "detection.json").write_text(json.dumps(res, indent=2))
+    name = f"detection-flood{args.flood}.json" if args.flood else "detection.json"
+    (RESULTS / name).write_text(json.dumps(res, indent=2))
     print("\n".join(table(res)))
     return 0
 
