@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from pathlib import Path
 
 import structlog
@@ -27,8 +28,11 @@ SAFETY_NET_SECONDS = 10.0
 
 class LogWatch:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        # the loop is held weakly: a loop that is dropped (a test's) takes its watch and the
+        # watch's inotify descriptor with it, instead of leaking one per loop
+        self._loop = weakref.ref(loop)
         self._inotify = INotify(nonblocking=True)
+        weakref.finalize(loop, self._inotify.close)
         self._waiting: dict[int, asyncio.Future[None]] = {}
         loop.add_reader(self._inotify.fileno(), self._on_events)
 
@@ -40,11 +44,12 @@ class LogWatch:
         except OSError:  # gone, or out of watches: poll
             await asyncio.sleep(at_most_seconds)
             return
-        written = self.loop.create_future()
+        loop = asyncio.get_running_loop()
+        written = loop.create_future()
         self._waiting[wd] = written
         # a write wakes us; the timer is only a safety net, on a shared beat (one wake-up of
         # the loop for every quiet replica, not one each)
-        timer = self.loop.call_later(
+        timer = loop.call_later(
             max(until_beat(SAFETY_NET_SECONDS), at_most_seconds), _settle, written
         )
         try:
@@ -65,8 +70,10 @@ class LogWatch:
                 _settle(waiter)
 
     def close(self) -> None:
-        with contextlib.suppress(ValueError, OSError):
-            self.loop.remove_reader(self._inotify.fileno())
+        loop = self._loop()
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(self._inotify.fileno())
         self._inotify.close()
         for waiter in self._waiting.values():
             _settle(waiter)
@@ -78,7 +85,9 @@ def _settle(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-_watches: dict[asyncio.AbstractEventLoop, LogWatch | None] = {}
+_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LogWatch | None] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def for_loop(loop: asyncio.AbstractEventLoop) -> LogWatch | None:
