@@ -111,7 +111,12 @@ def test_wall_clock_jump_of_a_day_restarts_nothing_and_pages_stay_coherent(
         # ... and nothing noticed: no restart, no page, monotonic ages.
         assert {r["pid"] for r in d.wait_ready("portal", 2)} == {r["pid"] for r in before}
         assert metric(d, "tunnelkeeper_replica_restarts_total") == 0
-        assert d.status()["alerts_firing"] == [] and pages_of(hook) == []
+        assert d.status()["alerts_firing"] == []
+        assert pages_of(hook) == [], [  # which alert, if one did go out (seen once in CI)
+            f"{a['labels']['alertname']}/{a['labels'].get('slot', '-')}:{a['status']}"
+            for r in pages_of(hook)
+            for a in r.json().get("alerts", [])
+        ]
         assert all(u < 600 for u in uptimes(d).values())
         assert d.status()["uptime_seconds"] < 600
         # A real fault after the jump pages with the daemon's (new) wall time, then resolves.
