@@ -139,43 +139,14 @@ class Metrics:
         self.probe_duration = Histogram(
             "tunnelkeeper_probe_duration_seconds",
             "Time to probe one replica's /ready.",
-            buckets=(
-                0.001,
-                0.0025,
-                0.005,
-                0.01,
-                0.015,
-                0.02,
-                0.025,
-                0.05,
-                0.1,
-                0.25,
-                0.5,
-                1.0,
-                2.5,
-            ),
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.loop_lag = Histogram(
             "tunnelkeeper_loop_lag_seconds",
             "How late the event loop runs a timer (sampled twice a second): what every page, "
             "probe and exit notice waits on top of its own work.",
-            buckets=(
-                0.001,
-                0.0025,
-                0.005,
-                0.01,
-                0.015,
-                0.02,
-                0.025,
-                0.05,
-                0.1,
-                0.25,
-                0.5,
-                1.0,
-                2.5,
-                5.0,
-            ),
+            buckets=(*LATENCY_BUCKETS, 5.0),
             registry=r,
         )
         self.child_log_skipped = Counter(
