@@ -62,21 +62,29 @@ class Reader:
         self.skipped += lines
 
 
+def start_writer(path: Path, script: str) -> subprocess.Popen[str]:
+    """``script`` in a Python child whose stderr is a replica log at ``path``, as the daemon
+    opens it; its stdin and stdout are pipes to the test."""
+    fd = open_for_child(path)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", script],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=fd,
+            text=True,
+        )
+    finally:
+        os.close(fd)
+
+
 def allocated(path: Path) -> int:
     return path.stat().st_blocks * 512
 
 
 def test_flood_rate_relay_is_whole_ordered_accounted_and_bounded(tmp_path: Path) -> None:
     path = tmp_path / "replica.log"
-    fd = open_for_child(path)
-    writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=fd,
-        text=True,
-    )
-    os.close(fd)
+    writer = start_writer(path, WRITER)
     assert writer.stdin is not None and writer.stdout is not None
     raise_ceiling(writer.pid, 0, BUDGET)
     bound = BUDGET + 2 * 1024 * 1024  # the budget ahead, plus what one read pass holds
@@ -149,15 +157,7 @@ def test_a_line_cut_at_the_ceiling_where_the_reader_stands_is_not_glued_to_the_n
     are counted as skipped, and the next line is relayed on its own (the flood test's rare
     ``…bbbseq=`` line)."""
     path = tmp_path / "replica.log"
-    fd = open_for_child(path)
-    writer = subprocess.Popen(
-        [sys.executable, "-c", CUT_WRITER],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=fd,
-        text=True,
-    )
-    os.close(fd)
+    writer = start_writer(path, CUT_WRITER)
     assert writer.stdin is not None and writer.stdout is not None
     try:
         raise_ceiling(writer.pid, 0, 4096)
