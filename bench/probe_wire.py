@@ -36,10 +36,7 @@ import httptools
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.alternatives import tk_config
-from bench.scale import PER_TUNNEL, tunnel_names
-from tests.harness import start_daemon, start_sim
-from tests.waiting import wait_until
+from bench.scale import supervising
 from tunnelkeeper.supervise.probe import Prober
 
 REQUEST = b"GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\n\r\n"
@@ -196,36 +193,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=15)
     args = ap.parse_args(argv)
     w = args.window
-    with tempfile.TemporaryDirectory(prefix="tk-bench-wire-") as tmp:
-        work = Path(tmp)
-        names = tunnel_names(100)
-        sim = start_sim(work / "sim", {t: "builtin" for t in names})
-        tunnels = {t: {"replicas": PER_TUNNEL, "unhealthy_after_seconds": 20} for t in names}
-        d = start_daemon(tk_config(work / "tk", sim, tunnels))
+    with (
+        tempfile.TemporaryDirectory(prefix="tk-bench-wire-") as tmp,
+        supervising(Path(tmp), 100) as d,
+    ):
+        ports = [r["metrics_port"] for t in d.status()["tunnels"] for r in t["replicas"]]
+        os.kill(d.proc.pid, signal.SIGSTOP)  # only this process probes from here on
         try:
-            wait_until(
-                lambda: all(t["ready_replicas"] == PER_TUNNEL for t in d.status()["tunnels"]),
-                timeout=300,
-                interval=1,
-                what="replicas ready",
-            )
-            ports = [r["metrics_port"] for t in d.status()["tunnels"] for r in t["replicas"]]
-            os.kill(d.proc.pid, signal.SIGSTOP)  # only this process probes from here on
-            try:
-                rows = [
-                    ("streams+h11, spread", asyncio.run(with_streams("spread", ports, w))),
-                    ("streams+h11, burst", asyncio.run(with_streams("burst", ports, w))),
-                    ("raw+h11, burst", raw_burst(ports, w, "h11")),
-                    ("raw+llhttp, burst", raw_burst(ports, w, "llhttp")),
-                    ("raw, blocking, spread", raw_spread(ports, w)),
-                    ("Prober, spread", asyncio.run(with_prober("spread", ports, w))),
-                    ("Prober, burst", asyncio.run(with_prober("burst", ports, w))),
-                ]
-            finally:
-                os.kill(d.proc.pid, signal.SIGCONT)
+            rows = [
+                ("streams+h11, spread", asyncio.run(with_streams("spread", ports, w))),
+                ("streams+h11, burst", asyncio.run(with_streams("burst", ports, w))),
+                ("raw+h11, burst", raw_burst(ports, w, "h11")),
+                ("raw+llhttp, burst", raw_burst(ports, w, "llhttp")),
+                ("raw, blocking, spread", raw_spread(ports, w)),
+                ("Prober, spread", asyncio.run(with_prober("spread", ports, w))),
+                ("Prober, burst", asyncio.run(with_prober("burst", ports, w))),
+            ]
         finally:
-            d.stop(timeout=120)
-            sim.stop()
+            os.kill(d.proc.pid, signal.SIGCONT)
     print(f"{len(ports)} replicas probed once a second for {w:g} s each:")
     for name, fraction in rows:
         print(f"  {name:24} {100 * fraction:6.2f} % of a core")

@@ -23,10 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.alternatives import tk_config
-from bench.scale import PER_TUNNEL, tunnel_names
-from tests.harness import start_daemon, start_sim
-from tests.waiting import wait_until
+from bench.scale import supervising
 
 
 def frame_name(frame: str) -> str:
@@ -65,44 +62,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settle", type=float, default=10)
     args = ap.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    with tempfile.TemporaryDirectory(prefix="tk-bench-profile-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="tk-bench-profile-") as tmp,
+        supervising(Path(tmp), args.replicas) as d,
+    ):
         work = Path(tmp)
-        names = tunnel_names(args.replicas)
-        sim = start_sim(work / "sim", {t: "builtin" for t in names})
-        tunnels = {t: {"replicas": PER_TUNNEL, "unhealthy_after_seconds": 20} for t in names}
-        d = start_daemon(tk_config(work / "tk", sim, tunnels))
-        try:
-            wait_until(
-                lambda: all(t["ready_replicas"] == PER_TUNNEL for t in d.status()["tunnels"]),
-                timeout=300,
-                interval=1,
-                what="replicas ready",
-            )
-            time.sleep(args.settle)
-            raw = work / "profile.txt"
-            subprocess.run(
-                [
-                    spy,
-                    "record",
-                    "-p",
-                    str(d.proc.pid),
-                    "-d",
-                    str(int(args.seconds)),
-                    "-r",
-                    str(args.rate),
-                    "-f",
-                    "raw",
-                    "-o",
-                    str(raw),
-                    "--nonblocking",
-                ],
-                check=True,
-                capture_output=True,
-            )
-            lines = summarise(raw, args.top)
-        finally:
-            d.stop(timeout=120)
-            sim.stop()
+        time.sleep(args.settle)
+        raw = work / "profile.txt"
+        subprocess.run(
+            [
+                spy,
+                "record",
+                "-p",
+                str(d.proc.pid),
+                "-d",
+                str(int(args.seconds)),
+                "-r",
+                str(args.rate),
+                "-f",
+                "raw",
+                "-o",
+                str(raw),
+                "--nonblocking",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        lines = summarise(raw, args.top)
     busy = int(lines[0].split()[1]) / (args.rate * args.seconds)
     print(
         f"{args.replicas} replicas, {args.seconds:g} s at {args.rate} Hz: "

@@ -13,6 +13,7 @@ CPU is the supervisor process's own user+system time over the window divided by 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import statistics
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.alternatives import RESULTS, cloudflared_argv, free_ports, start_supervisord, tk_config
 from bench.supervision import live_connectors, percentile
-from tests.harness import Sim, start_daemon, start_sim
+from tests.harness import Daemon, Sim, start_daemon, start_sim
 from tests.waiting import wait_until
 
 PER_TUNNEL = 4
@@ -45,6 +47,30 @@ def per_tunnel(n: int) -> int:
 
 def tunnel_names(n: int) -> list[str]:
     return [f"t{i:02d}" for i in range(n // per_tunnel(n))]
+
+
+@contextlib.contextmanager
+def supervising(work: Path, n: int) -> Iterator[Daemon]:
+    """A simulator and a daemon supervising ``n`` replicas laid out as in this bench, once
+    every replica is ready; both stopped afterwards."""
+    per = per_tunnel(n)
+    names = tunnel_names(n)
+    sim = start_sim(work / "sim", {t: "builtin" for t in names})
+    try:
+        tunnels = {t: {"replicas": per, "unhealthy_after_seconds": 20} for t in names}
+        d = start_daemon(tk_config(work / "tk", sim, tunnels))
+        try:
+            wait_until(
+                lambda: all(t["ready_replicas"] == per for t in d.status()["tunnels"]),
+                timeout=300,
+                interval=1,
+                what=f"{n} replicas ready",
+            )
+            yield d
+        finally:
+            d.stop(timeout=120)
+    finally:
+        sim.stop()
 
 
 def parse_metrics(text: str) -> dict[str, float]:
