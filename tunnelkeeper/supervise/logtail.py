@@ -249,11 +249,7 @@ class LogTail:
         they are punched out unexamined and reported as a byte count (``on_unread``); the line
         cut by the jump is dropped up to its end and counted as skipped. Returns bytes left
         unread. What is kept is read as usual: the flood's latest lines, and its cause."""
-        try:
-            size = os.stat(self.path).st_size
-        except OSError:
-            return 0
-        unread = size - self.offset - SKIM_KEEP_BYTES
+        unread = _size(self.path, self.offset) - self.offset - SKIM_KEEP_BYTES
         if unread <= 0:
             return 0
         if self._buf and not self._dropping:

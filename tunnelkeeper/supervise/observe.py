@@ -265,8 +265,9 @@ class Observation:
         if r.role is not Role.PRIMARY or r.proc.pid is None:
             return
         try:
-            p = r.ps if r.ps is not None and r.ps.pid == r.proc.pid else psutil.Process(r.proc.pid)
-            r.ps = p
+            if r.ps is None:  # one psutil handle per replica process, kept
+                r.ps = psutil.Process(r.proc.pid)
+            p = r.ps
             with p.oneshot():
                 cpu = p.cpu_times()
                 rss = p.memory_info().rss

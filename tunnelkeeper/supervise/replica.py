@@ -141,7 +141,7 @@ class ReplicaProcess:
         self._pidfd: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.skipped_lines = 0
-        self.unread_bytes = 0  # left unread under a flood (see LogTail.skim)
+        # bytes its log tail left unread under a flood (see LogTail.skim)
         self.on_unread: Callable[[int], None] = lambda size: None
         self.on_hint: Callable[[], None] = lambda: None
         self.on_skipped: Callable[[int], None] = lambda lines: None
@@ -276,7 +276,7 @@ class ReplicaProcess:
             self.log_file,
             self._block,
             lambda lines, size: self._skipped(lines),
-            on_unread=self._unread,
+            on_unread=lambda size: self.on_unread(size),
             pid=self.pid,
             resume=resume,
         )
@@ -286,10 +286,6 @@ class ReplicaProcess:
             self.relay.block(data, backlog)
         except Exception as exc:  # hostile input must never stop the tail
             self._log.warning("cloudflared_log_unrelayable", error=type(exc).__name__)
-
-    def _unread(self, size: int) -> None:
-        self.unread_bytes += size
-        self.on_unread(size)
 
     def _skipped(self, lines: int) -> None:
         self.skipped_lines += lines
