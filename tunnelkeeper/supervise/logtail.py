@@ -235,7 +235,9 @@ class LogTail:
                 if cut is not None and self.offset == cut:
                     self._cut_here()
             if self.can_punch and self.offset - self.punched >= self.punch_every_bytes:
-                self.can_punch = punch_hole(fd, self.offset)
+                # not the pending partial line's head: a daemon killed now leaves it for the
+                # next to read whole from the mark (the holes must end at or before it)
+                self.can_punch = punch_hole(fd, self.offset - len(self._buf))
                 self.punched = self.offset
         finally:
             os.close(fd)
