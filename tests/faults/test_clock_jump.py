@@ -49,7 +49,11 @@ class FakeClock:
         return {
             "LD_PRELOAD": str(LIBFAKETIME),
             "FAKETIME_TIMESTAMP_FILE": str(self.path),
-            "FAKETIME_NO_CACHE": "1",  # re-read the file: the jump takes effect at once
+            # re-read the file every second: the jump takes effect within one. (Not
+            # FAKETIME_NO_CACHE=1, re-reading it on every call: with libfaketime 0.9.10 that
+            # stalled the faked daemon for seconds now and then, so its probes went stale and a
+            # start took up to 11 s, in about 1 run in 8.)
+            "FAKETIME_CACHE_DURATION": "1",
             "DONT_FAKE_MONOTONIC": "1",
         }
 
@@ -120,6 +124,8 @@ def test_wall_clock_jump_of_a_day_restarts_nothing_and_pages_stay_coherent(
         assert all(u < 600 for u in uptimes(d).values())
         assert d.status()["uptime_seconds"] < 600
         # A real fault after the jump pages with the daemon's (new) wall time, then resolves.
+        assert load.failed == 0, load.failures[:5]
+        failed_before_the_fault = load.failed
         sim.fault("partition", connector_id=before[1]["connector_id"])
         fired = wait_until(
             lambda: alerts_named(hook, "ReplicaNoEdgeConnections", "firing"), timeout=20
@@ -132,7 +138,9 @@ def test_wall_clock_jump_of_a_day_restarts_nothing_and_pages_stay_coherent(
         assert resolved[0]["startsAt"] == fired[0]["startsAt"]
         assert resolved[0]["endsAt"] >= resolved[0]["startsAt"]
         assert near(resolved[0]["endsAt"], datetime.now(UTC) + DAY)
-    assert load.failed == 0, load.failures[:5]
+    # The partition may cut the one request in flight on that connector (the load sends one at
+    # a time); nothing else fails.
+    assert load.failed - failed_before_the_fault <= 1, load.failures[:5]
     assert {r["pid"] for r in d.primaries("portal")} == {r["pid"] for r in before}
     assert d.proc.poll() is None
 
