@@ -18,12 +18,12 @@ from typing import NamedTuple
 from tunnelkeeper.config.alerts import read_alerts
 from tunnelkeeper.config.fields import Problems, Section
 from tunnelkeeper.config.lines import Key, find_line, format_key, key_lines
+from tunnelkeeper.config.listen import MAX_CONFIG_BYTES
 from tunnelkeeper.config.model import Config
 from tunnelkeeper.config.sections import read_cloudflared, read_daemon, read_fleet
 from tunnelkeeper.config.tunnels import read_tunnels
 from tunnelkeeper.errors import TunnelkeeperError
 
-MAX_CONFIG_BYTES = 4 * 1024 * 1024
 _TOML_POSITION = re.compile(r"\s*\((?:at line (\d+), column \d+|at end of document)\)\s*$")
 
 

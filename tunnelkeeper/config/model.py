@@ -10,11 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunnelkeeper.config.listen import DEFAULT_LISTEN, split_listen
+
 
 @dataclass(frozen=True)
 class DaemonConfig:
     host: str
-    listen: str = "127.0.0.1:9105"
+    listen: str = DEFAULT_LISTEN
     state_dir: Path = Path("/var/lib/tunnelkeeper")
     runtime_dir: Path = Path("/run/tunnelkeeper")
     probe_interval_seconds: float = 1.0
@@ -38,12 +40,11 @@ class DaemonConfig:
 
     @property
     def listen_host(self) -> str:
-        host, _, _ = self.listen.rpartition(":")
-        return host.strip("[]")
+        return split_listen(self.listen)[0]
 
     @property
     def listen_port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
+        return split_listen(self.listen)[1]
 
 
 @dataclass(frozen=True)

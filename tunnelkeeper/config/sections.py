@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import socket
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from tunnelkeeper.config.fields import Section, url_problem
+from tunnelkeeper.config.listen import listen_problem
 from tunnelkeeper.config.model import CloudflaredConfig, DaemonConfig, FleetConfig, InstallConfig
 
 LOG_FORMATS = ("json", "console")
@@ -23,8 +23,6 @@ RESERVED_ARGS = (
     "grace-period",
     "label",
 )
-_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")
 BARE_PROGRAM = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+-]*")  # found on PATH
 _VERSION = re.compile(r"(20\d\d)\.(\d{1,2})\.(\d{1,3})")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -73,26 +71,6 @@ def read_daemon(top: Section) -> DaemonConfig:
     )
     d.finish()
     return config
-
-
-def listen_problem(listen: str) -> str | None:
-    """Why ``listen`` is not ``HOST:PORT`` / ``[v6]:PORT``, or None."""
-    host, colon, port = listen.rpartition(":")
-    if not colon or not host:
-        return "no port" if not colon else "no host"
-    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        return "port must be 0-65535"
-    if host.startswith("[") and host.endswith("]"):
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            return "not an IPv6 address inside [ ]"
-        return None
-    if ":" in host:
-        return "write an IPv6 address in brackets"
-    if not host.isascii() or not _HOSTNAME.fullmatch(host):
-        return "not a host name or address"
-    return None
 
 
 def read_cloudflared(top: Section) -> CloudflaredConfig:

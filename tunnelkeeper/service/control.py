@@ -1,50 +1,24 @@
-"""Commands that talk to a running daemon: ``status`` (HTTP) and ``rotate`` (control socket).
+"""Commands that talk to a running daemon: ``status`` (HTTP) and ``rotate`` and ``reload``
+(control socket).
 
-The standard library's ``http.client`` does the talking: a CLI that answers instantly cannot
-afford to import an HTTP client library (httpx alone takes longer to import than the whole
-``status`` command may run).
+These are the commands people run by hand and scripts run in loops, so they import little:
+:mod:`tunnelkeeper.service.httpcall` (not an HTTP client library; httpx alone takes longer to
+import than the whole ``status`` command may run), and ``status`` reads only the ``listen`` key
+of a plainly valid config instead of validating the whole file.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tunnelkeeper.config.model import Config
+from tunnelkeeper.config.listen import client_address, quick_listen
+from tunnelkeeper.service.httpcall import call
 
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("daemon", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-def _call(
-    conn: http.client.HTTPConnection, method: str, path: str, body: dict[str, Any] | None = None
-) -> tuple[int, Any]:
-    """One request; the JSON reply (ValueError if it is not JSON)."""
-    try:
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        conn.request(method, path, body=data, headers=headers)
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read())
-    finally:
-        conn.close()
+if TYPE_CHECKING:
+    from tunnelkeeper.config.model import Config
 
 
 def _load(config_path: str) -> Config | None:
@@ -57,36 +31,31 @@ def _load(config_path: str) -> Config | None:
         return None
 
 
-def _public_url(config: Config) -> str:
-    host = config.daemon.listen_host
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{config.daemon.listen_port}"
+def _public_url(listen: str) -> str:
+    host, port = client_address(listen)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def status_command(config_path: str, *, as_json: bool) -> int:
-    from tunnelkeeper.service.statusview import render
-
-    config = _load(config_path)
-    if config is None:
-        return 1
-    url = _public_url(config) + "/status"
-    host, port = config.daemon.listen_host, config.daemon.listen_port
-    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    listen = quick_listen(config_path)
+    if listen is None:  # something unusual: the whole validation says what
+        config = _load(config_path)
+        if config is None:
+            return 1
+        listen = config.daemon.listen
+    url = _public_url(listen) + "/status"
     try:
-        code, status = _call(http.client.HTTPConnection(host, port, timeout=5.0), "GET", "/status")
+        code, status = call(client_address(listen), "GET", "/status", timeout=5.0)
         if code != 200 or not isinstance(status, dict):
             raise ValueError(f"HTTP {code}")
-    except (OSError, http.client.HTTPException, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         print(
             f"tunnelkeeper: daemon not reachable at {url} ({type(exc).__name__}: {exc})",
             file=sys.stderr,
         )
         return 1
+    from tunnelkeeper.service.statusview import render
+
     print(json.dumps(status, indent=2) if as_json else render(status))
     return 0
 
@@ -97,7 +66,7 @@ def _control_post(
     """POST to the daemon's control socket; the reply, or None once the reason is printed
     (no daemon, no permission, a broken reply, or the daemon's own error and its problems)."""
     try:
-        _, body = _call(_UnixConnection(str(sock), timeout), "POST", path, payload)
+        _, body = call(str(sock), "POST", path, payload, timeout=timeout)
         if not isinstance(body, dict):
             raise ValueError("the reply is not a JSON object")
     except PermissionError:
@@ -106,7 +75,7 @@ def _control_post(
             file=sys.stderr,
         )
         return None
-    except (OSError, http.client.HTTPException, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         print(
             f"tunnelkeeper: daemon not reachable on {sock} ({type(exc).__name__}: {exc})",
             file=sys.stderr,
