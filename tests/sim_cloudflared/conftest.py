@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -73,10 +74,21 @@ class _Drain:
 
 
 class CfProc:
-    def __init__(self, argv: list[str], env: dict[str, str], metrics: str | None) -> None:
+    def __init__(
+        self, argv: list[str], env: dict[str, str], metrics: str | None, *, sighup_ignored: bool
+    ) -> None:
         self.metrics = metrics
+        # SIGHUP's disposition as systemd gives a service (default), not whatever the test run
+        # inherited (`nohup` ignores it, and an ignored SIGHUP stays ignored across exec; the
+        # real binary, like any Go program, then keeps ignoring it)
+        hup = signal.SIG_IGN if sighup_ignored else signal.SIG_DFL
         self.proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            preexec_fn=lambda: signal.signal(signal.SIGHUP, hup),
         )
         self.stdout = _Drain(self.proc.stdout)
         self.stderr = _Drain(self.proc.stderr)
@@ -157,17 +169,24 @@ Spawn = Callable[..., CfProc]
 
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Spawn]:
-    """spawn(args, env=None, metrics=True): cloudflared-sim <args>; `metrics=True` inserts
-    `--metrics 127.0.0.1:<free port>` right after `tunnel`."""
+    """spawn(args, env=None, metrics=True, sighup_ignored=False): cloudflared-sim <args>;
+    `metrics=True` inserts `--metrics 127.0.0.1:<free port>` right after `tunnel`."""
     started: list[CfProc] = []
 
-    def start(args: list[str], env: dict[str, str] | None = None, metrics: bool = True) -> CfProc:
+    def start(
+        args: list[str],
+        env: dict[str, str] | None = None,
+        metrics: bool = True,
+        sighup_ignored: bool = False,
+    ) -> CfProc:
         argv = list(args)
         addr = None
         if metrics:
             addr = f"127.0.0.1:{free_port()}"
             argv[argv.index("tunnel") + 1 : argv.index("tunnel") + 1] = ["--metrics", addr]
-        proc = CfProc([CLOUDFLARED_SIM, *argv], clean_env(tmp_path, env), addr)
+        proc = CfProc(
+            [CLOUDFLARED_SIM, *argv], clean_env(tmp_path, env), addr, sighup_ignored=sighup_ignored
+        )
         started.append(proc)
         return proc
 

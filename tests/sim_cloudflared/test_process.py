@@ -257,6 +257,20 @@ def test_sighup_is_not_handled_and_kills(spawn: Spawn, silent_edge: str, token_f
     assert "Tunnel server stopped" not in cf.messages()
 
 
+def test_sighup_ignored_at_start_stays_ignored(
+    spawn: Spawn, silent_edge: str, token_file: Path
+) -> None:
+    """Started under `nohup`: like a Go program that does not ask for SIGHUP, it keeps the
+    inherited SIG_IGN; the hangup does nothing and a later SIGTERM is a graceful exit."""
+    args = ["tunnel", "--edge", silent_edge, "--output", "json", "run", "--token-file"]
+    cf = spawn([*args, str(token_file)], sighup_ignored=True)
+    _up(cf)
+    cf.proc.send_signal(signal.SIGHUP)
+    cf.proc.send_signal(signal.SIGTERM)
+    assert cf.wait_exit() == 0
+    assert any("due to signal terminated" in m for m in cf.messages())
+
+
 def test_closed_edge_port_floods_the_log_but_stays_responsive(
     spawn: Spawn, closed_port: int, tmp_path: Path, token_file: Path
 ) -> None:
