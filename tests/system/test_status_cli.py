@@ -4,7 +4,9 @@ a config being edited (only ``listen`` matters to it), and the errors when it ca
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,3 +68,23 @@ def test_status_errors_name_the_key_or_the_address_and_never_a_traceback(tmp_pat
     assert unreachable.returncode == 1
     assert "daemon not reachable at http://[::1]:1/status" in unreachable.stderr
     assert "Traceback" not in unreachable.stderr
+
+
+def test_status_from_something_that_is_not_our_daemon_is_a_clear_error(tmp_path: Path) -> None:
+    """`listen` points at another service that answers JSON of another shape."""
+    with socket.create_server(("127.0.0.1", 0)) as other:
+
+        def answer() -> None:
+            conn, _ = other.accept()
+            with conn:
+                conn.recv(65536)
+                body = b'{"tunnels": [{"name": 7}], "uptime_seconds": "a while"}'
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+        threading.Thread(target=answer, daemon=True).start()
+        config = tmp_path / "other.toml"
+        config.write_text(f'[daemon]\nlisten = "127.0.0.1:{other.getsockname()[1]}"\n')
+        shown = status(config)
+    assert shown.returncode == 1
+    assert "did not answer as a tunnelkeeper daemon does" in shown.stderr
+    assert "Traceback" not in shown.stderr

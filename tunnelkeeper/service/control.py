@@ -54,9 +54,21 @@ def status_command(config_path: str, *, as_json: bool) -> int:
             file=sys.stderr,
         )
         return 1
+    if as_json:
+        print(json.dumps(status, indent=2))
+        return 0
     from tunnelkeeper.service.statusview import render
 
-    print(json.dumps(status, indent=2) if as_json else render(status))
+    try:
+        table = render(status)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # not our daemon's shape
+        print(
+            f"tunnelkeeper: {url} did not answer as a tunnelkeeper daemon does"
+            f" ({type(exc).__name__}: {exc}); is `listen` another service's address?",
+            file=sys.stderr,
+        )
+        return 1
+    print(table)
     return 0
 
 
