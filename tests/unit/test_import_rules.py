@@ -24,6 +24,7 @@ FOUNDATION = {
     "logconfig",
     "metrics",
     "tasks",
+    "httpreply",
     "",
 }
 RANK = {

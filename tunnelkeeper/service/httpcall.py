@@ -1,6 +1,7 @@
 """One HTTP/1.1 request on a fresh blocking socket, for the CLI's calls to a running daemon.
 
-The reply is parsed by llhttp (``httptools``, already the prober's parser). The standard
+The reply is parsed by llhttp through :class:`tunnelkeeper.httpreply.HttpReply`, the prober's
+parser too. The standard
 library's ``http.client`` would do the same job but imports ``email`` and ``ssl`` on the way,
 about a third of what ``tunnelkeeper status`` may cost in all (``bench/startup.py``).
 """
@@ -11,37 +12,9 @@ import json
 import socket
 from typing import Any
 
-import httptools
+from tunnelkeeper.httpreply import HttpReply, ReplyError
 
 MAX_REPLY_BYTES = 64 * 1024 * 1024  # far above any status page; a reply beyond it is refused
-
-
-class ReplyError(ValueError):
-    """The daemon's reply was not a whole HTTP response carrying JSON."""
-
-
-class _Reply:
-    def __init__(self) -> None:
-        self.body: list[bytes] = []
-        self.size = 0
-        self.headers_done = self.framed = self.complete = False
-
-    # httptools callbacks
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() in (b"content-length", b"transfer-encoding"):
-            self.framed = True
-
-    def on_headers_complete(self) -> None:
-        self.headers_done = True
-
-    def on_body(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.size > MAX_REPLY_BYTES:
-            raise ReplyError(f"reply larger than {MAX_REPLY_BYTES // (1024 * 1024)} MiB")
-        self.body.append(data)
-
-    def on_message_complete(self) -> None:
-        self.complete = True
 
 
 def call(
@@ -61,22 +34,16 @@ def call(
         head += f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
     with _connect(address, timeout) as sock:
         sock.sendall(head.encode("ascii") + b"\r\n" + data)
-        reply = _Reply()
-        parser = httptools.HttpResponseParser(reply)
-        try:
-            while not reply.complete:
-                chunk = sock.recv(65536)
-                if not chunk:  # the close ends a body not framed otherwise
-                    reply.complete = reply.headers_done and not reply.framed
-                    break
-                parser.feed_data(chunk)
-        except httptools.HttpParserError as exc:
-            cause = exc.__context__  # a callback's own error (too large) comes wrapped
-            raise (cause if isinstance(cause, ReplyError) else ReplyError("not HTTP")) from None
-    if not reply.complete:
+        reply = HttpReply(MAX_REPLY_BYTES)
+        while not reply.complete:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply.feed(chunk)
+    if not reply.whole_at_close():
         raise ReplyError("the reply ended early")
     try:
-        return parser.get_status_code(), json.loads(b"".join(reply.body))
+        return reply.status, json.loads(reply.body)
     except ValueError:
         raise ReplyError("the reply is not JSON") from None
 

@@ -10,8 +10,9 @@ streams and h11, 1.5% with h11 alone over raw sockets, and 0.2% the way this mod
   (``add_reader``). However many replicas answer at once, the event loop wakes once and
   :meth:`Wire._on_events` reads every answer in one pass: no transport, protocol, stream or
   task per connection, no ``epoll_ctl`` per request.
-- **llhttp** (``httptools``, the parser under uvicorn) parses the responses: a maintained C
-  parser that costs microseconds, where h11's pure-Python state machine cost ~130 µs a response.
+- **llhttp** (``httptools``, the parser under uvicorn) parses the responses
+  (:class:`tunnelkeeper.httpreply.HttpReply`): a maintained C parser that costs microseconds,
+  where h11's pure-Python state machine cost ~130 µs a response.
 - Connections are kept alive and reused (one per replica at rest); a fresh one connects without
   blocking (a replica whose listen backlog is full must not stall the loop).
 
@@ -28,7 +29,7 @@ import functools
 import select
 import socket
 
-import httptools
+from tunnelkeeper.httpreply import HttpReply, ReplyError
 
 _RECV_BYTES = 65536
 _IN = select.EPOLLIN | select.EPOLLRDHUP
@@ -47,57 +48,15 @@ class WireError(Exception):
 class _Conn:
     """One connection and the one request on it (HTTP/1.1 without pipelining)."""
 
-    __slots__ = (
-        "body",
-        "complete",
-        "connecting",
-        "framed",
-        "future",
-        "headers_done",
-        "keep",
-        "limit",
-        "parser",
-        "port",
-        "received",
-        "request",
-        "reused",
-        "sock",
-        "status",
-    )
+    __slots__ = ("connecting", "future", "port", "received", "reply", "request", "reused", "sock")
+    reply: HttpReply  # the current request's response, made by Wire.get
 
     def __init__(self, port: int, sock: socket.socket) -> None:
         self.port, self.sock = port, sock
         self.connecting = True
         self.future: asyncio.Future[tuple[int, bytes]] | None = None
         self.request = b""
-        self.limit = 0
-        self.reused = False
-        self._reset()
-
-    def _reset(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        self.body = bytearray()
-        self.status = 0
-        self.received = False
-        self.headers_done = self.complete = self.framed = self.keep = False
-
-    # httptools callbacks
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() in (b"content-length", b"transfer-encoding"):
-            self.framed = True
-
-    def on_headers_complete(self) -> None:
-        self.headers_done = True
-        self.status = self.parser.get_status_code()
-
-    def on_body(self, data: bytes) -> None:
-        self.body += data
-        if len(self.body) > self.limit:
-            raise WireError("body too large")
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-        self.keep = self.parser.should_keep_alive()  # only known inside this callback
+        self.received = self.reused = False
 
 
 class Wire:
@@ -124,7 +83,7 @@ class Wire:
                 return future
         else:
             conn.reused = True
-        conn.future, conn.limit = future, limit
+        conn.future, conn.reply, conn.received = future, HttpReply(limit), False
         conn.request = (
             b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUser-Agent: tunnelkeeper\r\n\r\n"
             % (path.encode("ascii"), port)
@@ -222,22 +181,22 @@ class Wire:
         if conn.future is None or conn.future.done():
             self._close(conn)  # an answer nobody asked for, or a close while idle
             return
+        reply = conn.reply
         if not data:
-            if conn.headers_done and not conn.framed:  # a body delimited by the close
-                conn.future.set_result((conn.status, bytes(conn.body)))
+            if reply.whole_at_close():  # a body delimited by the close
+                conn.future.set_result((reply.status, bytes(reply.body)))
             else:
                 self._fail(conn, WireError("EOFError", stale=conn.reused and not conn.received))
             return
         conn.received = True
         try:
-            conn.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            cause = exc.__context__  # a callback's own error (body too large) comes wrapped
-            self._fail(conn, cause if isinstance(cause, WireError) else WireError("bad HTTP"))
+            reply.feed(data)
+        except ReplyError as exc:
+            self._fail(conn, WireError(str(exc)))
             return
-        if conn.complete:
-            conn.future.set_result((conn.status, bytes(conn.body)))
-            if not conn.keep:
+        if reply.complete:
+            conn.future.set_result((reply.status, bytes(reply.body)))
+            if not reply.keep:
                 self._close(conn)
 
     def _settled(self, conn: _Conn, future: asyncio.Future[tuple[int, bytes]]) -> None:
@@ -246,10 +205,9 @@ class Wire:
         conn.future = None
         if conn.sock.fileno() < 0:
             return
-        if future.cancelled() or future.exception() is not None or not conn.complete:
+        if future.cancelled() or future.exception() is not None or not conn.reply.complete:
             self._close(conn)
             return
-        conn._reset()
         conn.reused = False
         if conn.port in self._idle:  # a second connection made for a concurrent request
             self._close(conn)
