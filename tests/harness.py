@@ -28,6 +28,19 @@ TUNNELKEEPER = str(VENV_BIN / "tunnelkeeper")
 CLOUDFLARED_SIM = str(VENV_BIN / "cloudflared-sim")
 
 
+def run_cli(
+    command: str, config: Path, *args: str, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """``tunnelkeeper COMMAND ARGS -c CONFIG`` as an operator runs it: exit code and output."""
+    return subprocess.run(
+        [TUNNELKEEPER, command, *args, "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 15.0) -> int | None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):

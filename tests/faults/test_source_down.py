@@ -10,7 +10,6 @@ each tunnel; bringing each source back resolves every page, and no replica was r
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 
 from tests.alerts.receiver import Receiver
 from tests.faults.conftest import alerts_named, alerts_toml, fault_config, metric, webhook_sink
-from tests.harness import TUNNELKEEPER, Daemon, Load, Sim
+from tests.harness import Daemon, Load, Sim, run_cli
 from tests.servers import AWS_ENV, Bao, Server, secrets_manager
 from tests.waiting import wait_until
 
@@ -126,13 +125,7 @@ def test_every_source_kind_down_keeps_replicas_serving_and_pages_then_recovers(
         assert errs is not None
         for t, word in expected.items():
             assert word in errs[t].lower(), (t, errs[t])
-        rendered = subprocess.run(
-            [TUNNELKEEPER, "status", "-c", str(cfg)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        rendered = run_cli("status", cfg)
         assert rendered.returncode == 0, rendered.stderr
         assert rendered.stdout.count("! token source:") == len(TUNNELS), rendered.stdout
         # Nothing pages before the source has failed for a while ...

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import TUNNELKEEPER, Daemon, Sim
+from tests.harness import Daemon, Sim, run_cli
 from tests.rotation.conftest import (
     LOAD_RATE,
     AppRole,
@@ -38,13 +38,7 @@ RunDaemon = Callable[..., Daemon]
 
 
 def refresh_secret(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TUNNELKEEPER, "refresh-secret", *args, "-c", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=85,
-        check=False,
-    )
+    return run_cli("refresh-secret", cfg, *args, timeout=85)
 
 
 def fleet(tmp_path: Path, sim: Sim) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import TUNNELKEEPER, Daemon, Sim
+from tests.harness import Daemon, Sim, run_cli
 from tests.rotation.conftest import (
     LOAD_RATE,
     TimedLoad,
@@ -27,13 +27,7 @@ RunDaemon = Callable[..., Daemon]
 
 
 def rotate(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TUNNELKEEPER, "rotate", *args, "-c", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=80,
-        check=False,
-    )
+    return run_cli("rotate", cfg, *args, timeout=80)
 
 
 def start(tmp_path: Path, sim: Sim, run_daemon: RunDaemon) -> tuple[Path, Path, Daemon]:

@@ -12,19 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import TUNNELKEEPER, Daemon
+from tests.harness import Daemon, run_cli
 
 pytestmark = pytest.mark.system
 
 
 def status(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TUNNELKEEPER, "status", *args, "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return run_cli("status", config, *args)
 
 
 def test_status_shows_the_running_daemon_also_while_its_config_is_being_edited(
