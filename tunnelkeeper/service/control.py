@@ -31,8 +31,7 @@ def _load(config_path: str) -> Config | None:
         return None
 
 
-def _public_url(listen: str) -> str:
-    host, port = client_address(listen)
+def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
@@ -43,9 +42,10 @@ def status_command(config_path: str, *, as_json: bool) -> int:
         if config is None:
             return 1
         listen = config.daemon.listen
-    url = _public_url(listen) + "/status"
+    address = client_address(listen)
+    url = _url(*address) + "/status"
     try:
-        code, status = call(client_address(listen), "GET", "/status", timeout=5.0)
+        code, status = call(address, "GET", "/status", timeout=5.0)
         if code != 200 or not isinstance(status, dict):
             raise ValueError(f"HTTP {code}")
     except (OSError, ValueError) as exc:
