@@ -99,15 +99,16 @@ def bound_port(runner: web.BaseRunner) -> int:
 async def _serve(host: str, port: int, port_file: Path | None, name: str) -> None:
     runner, url = await start_origin(host, port, name)
     try:
+        # handlers first: whoever reads the port file may send SIGTERM at once
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         if port_file is not None:
             tmp = port_file.with_name(port_file.name + ".tmp")
             tmp.write_text(url.rsplit(":", 1)[1] + "\n")
             os.replace(tmp, port_file)
         print(f"origin listening on {url}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
         await runner.cleanup()

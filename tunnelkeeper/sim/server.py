@@ -178,6 +178,11 @@ async def run(args: argparse.Namespace) -> int:
             "tunnels": {t.name: t.id for t in account.tunnels.values()},
             "pid": os.getpid(),
         }
+        # handlers first: whoever reads the ready file may send SIGTERM at once
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         try:
             for tunnel in account.tunnels.values():
                 token = account.token_for(tunnel)
@@ -193,10 +198,6 @@ async def run(args: argparse.Namespace) -> int:
             ready["http"],
             ",".join(ready["tunnels"]),
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("sim_stopping")
         return 0
