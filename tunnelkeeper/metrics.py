@@ -2,18 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
-# Drop the *_created series prometheus_client adds to counters; they only add noise.
-os.environ.setdefault("PROMETHEUS_DISABLE_CREATED_SERIES", "True")
-
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from tunnelkeeper.promtext import Registry
 
 RESTART_REASONS = ("exited", "no_connections", "unresponsive", "rotation", "upgrade")
 
@@ -28,155 +17,131 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.
 
 class Metrics:
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
-        self.replica_up = Gauge(
+        r = self.registry = Registry()
+        self.replica_up = r.gauge(
             "tunnelkeeper_replica_up",
             "1 while the replica's cloudflared process runs.",
             ["tunnel", "slot"],
-            registry=r,
         )
-        self.replica_ready_connections = Gauge(
+        self.replica_ready_connections = r.gauge(
             "tunnelkeeper_replica_ready_connections",
             "Edge connections of the replica, from cloudflared /ready readyConnections.",
             ["tunnel", "slot"],
-            registry=r,
         )
-        self.replica_state = Gauge(
+        self.replica_state = r.gauge(
             "tunnelkeeper_replica_state",
             "1 for the replica's current state.",
             ["tunnel", "slot", "state"],
-            registry=r,
         )
-        self.replica_restarts = Counter(
+        self.replica_restarts = r.counter(
             "tunnelkeeper_replica_restarts",
             "Replicas replaced, by reason.",
             ["tunnel", "slot", "reason"],
-            registry=r,
         )
-        self.replica_cpu_seconds = Gauge(
+        self.replica_cpu_seconds = r.gauge(
             "tunnelkeeper_replica_cpu_seconds",
             "CPU time used by the replica's process.",
             ["tunnel", "slot"],
-            registry=r,
         )
-        self.replica_rss_bytes = Gauge(
+        self.replica_rss_bytes = r.gauge(
             "tunnelkeeper_replica_resident_memory_bytes",
             "Resident memory of the replica's process.",
             ["tunnel", "slot"],
-            registry=r,
         )
-        self.replica_crash_looping = Gauge(
+        self.replica_crash_looping = r.gauge(
             "tunnelkeeper_replica_crash_looping",
             "1 while the slot's replica keeps exiting (crash loop).",
             ["tunnel", "slot"],
-            registry=r,
         )
-        self.tunnel_ready_replicas = Gauge(
+        self.tunnel_ready_replicas = r.gauge(
             "tunnelkeeper_tunnel_ready_replicas",
             "Replicas of the tunnel with at least one edge connection.",
             ["tunnel"],
-            registry=r,
         )
-        self.tunnel_desired_replicas = Gauge(
+        self.tunnel_desired_replicas = r.gauge(
             "tunnelkeeper_tunnel_desired_replicas",
             "Replicas the tunnel should have on this host.",
             ["tunnel"],
-            registry=r,
         )
-        self.tunnel_token_valid = Gauge(
+        self.tunnel_token_valid = r.gauge(
             "tunnelkeeper_tunnel_token_valid",
             "1 when the tunnel has a valid token from its source.",
             ["tunnel"],
-            registry=r,
         )
-        self.token_rotations = Counter(
+        self.token_rotations = r.counter(
             "tunnelkeeper_token_rotations",
             "Token rotations by result.",
             ["tunnel", "result"],
-            registry=r,
         )
-        self.token_source_errors = Counter(
+        self.token_source_errors = r.counter(
             "tunnelkeeper_token_source_errors",
             "Failed or refused reads of a tunnel's token source.",
             ["tunnel", "reason"],
-            registry=r,
         )
-        self.alerts_firing = Gauge(
+        self.alerts_firing = r.gauge(
             "tunnelkeeper_alerts_firing",
             "Alert instances currently firing, by alert name.",
             ["alertname"],
-            registry=r,
         )
-        self.alert_deliveries = Counter(
+        self.alert_deliveries = r.counter(
             "tunnelkeeper_alert_deliveries",
             "Notification delivery attempts by sink and result.",
             ["sink", "result"],
-            registry=r,
         )
-        self.alert_outbox_pending = Gauge(
+        self.alert_outbox_pending = r.gauge(
             "tunnelkeeper_alert_outbox_pending",
             "Notifications waiting in the durable outbox.",
-            registry=r,
         )
-        self.fleet_connectors = Gauge(
+        self.fleet_connectors = r.gauge(
             "tunnelkeeper_fleet_connectors",
             "Live connectors of the tunnel fleet-wide, from the Cloudflare API.",
             ["tunnel"],
-            registry=r,
         )
-        self.fleet_expected_connectors = Gauge(
+        self.fleet_expected_connectors = r.gauge(
             "tunnelkeeper_fleet_expected_connectors",
             "Connectors the tunnel should have fleet-wide (config expected_connectors).",
             ["tunnel"],
-            registry=r,
         )
-        self.fleet_colo_connections = Gauge(
+        self.fleet_colo_connections = r.gauge(
             "tunnelkeeper_fleet_colo_connections",
             "Live connections of the tunnel per Cloudflare colo, from the Cloudflare API.",
             ["tunnel", "colo"],
-            registry=r,
         )
-        self.probe_duration = Histogram(
+        self.probe_duration = r.histogram(
             "tunnelkeeper_probe_duration_seconds",
             "Time to probe one replica's /ready.",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
-        self.loop_lag = Histogram(
+        self.loop_lag = r.histogram(
             "tunnelkeeper_loop_lag_seconds",
             "How late the event loop runs a timer (sampled twice a second): what every page, "
             "probe and exit notice waits on top of its own work.",
-            buckets=(*LATENCY_BUCKETS, 5.0),
-            registry=r,
+            (*LATENCY_BUCKETS, 5.0),
         )
-        self.child_log_skipped = Counter(
+        self.child_log_skipped = r.counter(
             "tunnelkeeper_child_log_lines_skipped",
             "cloudflared log lines not re-emitted: suppressed by flood control, summarised "
             "backlog, or the rest of an over-long line.",
             ["tunnel", "slot"],
-            registry=r,
         )
-        self.child_log_unread = Counter(
+        self.child_log_unread = r.counter(
             "tunnelkeeper_child_log_unread_bytes",
             "cloudflared log bytes left unread under a log flood: only the latest 64 KiB of "
             "each half second of a flood is read (its lines counted as skipped or relayed).",
             ["tunnel", "slot"],
-            registry=r,
         )
-        self.task_restarts = Counter(
+        self.task_restarts = r.counter(
             "tunnelkeeper_task_restarts",
             "Long-lived tasks that failed and were restarted (a bug or an exhausted resource; "
             "the daemon's log says which).",
             ["task"],
-            registry=r,
         )
         for task in TASKS:
             self.task_restarts.labels(task)
-        self.child_log_suppressed = Counter(
+        self.child_log_suppressed = r.counter(
             "tunnelkeeper_child_log_lines_suppressed",
             "cloudflared log lines summarised instead of re-emitted (flood control).",
             ["tunnel"],
-            registry=r,
         )
 
     def declare_tunnel(self, tunnel: str, expected_connectors: int | None) -> None:
@@ -219,4 +184,4 @@ class Metrics:
             self.alert_deliveries.labels(sink, result)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return self.registry.exposition()

@@ -27,15 +27,7 @@ _RECORDED = re.compile(r"\b[a-z_][a-z0-9_]*:[a-z0-9_:]*[a-z0-9_]\b")
 
 def exported_names() -> set[str]:
     """Every sample name tunnelkeeper's registry can expose (counters with _total, etc.)."""
-    names: set[str] = set()
-    for family in Metrics().registry.collect():
-        if family.type == "counter":
-            names.add(family.name + "_total")
-        elif family.type == "histogram":
-            names |= {family.name + s for s in ("_bucket", "_sum", "_count")}
-        else:
-            names.add(family.name)
-    return names
+    return Metrics().registry.sample_names()
 
 
 def referenced_names(expr: str) -> set[str]:

@@ -25,6 +25,7 @@ FOUNDATION = {
     "metrics",
     "tasks",
     "httpreply",
+    "promtext",
     "",
 }
 RANK = {

@@ -20,8 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST
-
+from tunnelkeeper.promtext import CONTENT_TYPE
 from tunnelkeeper.service.httpconn import ConnectionPool, Reply, Request
 
 Probe = Callable[[], tuple[bool, str]]
@@ -187,7 +186,7 @@ class DaemonWeb:
             return _json(405, {"error": "control actions are only on the control socket"})
         try:
             if req.path == "/metrics":
-                return Reply(200, self.metrics(), CONTENT_TYPE_LATEST)
+                return Reply(200, self.metrics(), CONTENT_TYPE)
             if req.path == "/healthz":
                 # plain fields: still answers (unhealthy) if the supervision loop is wedged
                 ok, text = self.healthz()

@@ -21,6 +21,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tunnelkeeper.promtext import escape_label_value
+
 GO_VERSION = "go1.27.3"
 DEFAULT_PORTS = range(20241, 20246)
 _LATENCY_BUCKETS = (1, 10, 25, 50, 100, 500, 1000, 5000)
@@ -99,12 +101,8 @@ _FAMILIES = {
 }
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
 def _sample(name: str, labels: dict[str, str], value: float) -> str:
-    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+    inner = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in labels.items())
     number = str(int(value)) if float(value).is_integer() else repr(float(value))
     return f"{name}{{{inner}}} {number}" if inner else f"{name} {number}"
 
