@@ -17,9 +17,13 @@ from tests.servers import assert_no_replicas_left
 def run_daemon(tmp_path: Path, sim: Sim) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
-    def start(tunnels: dict[str, dict[str, Any]] | None = None, **kw: Any) -> Daemon:
+    def start(
+        tunnels: dict[str, dict[str, Any]] | None = None,
+        env: dict[str, str] | None = None,
+        **kw: Any,
+    ) -> Daemon:
         cfg = daemon_config(tmp_path, sim, tunnels=tunnels or {"portal": {}}, **kw)
-        d = start_daemon(cfg)
+        d = start_daemon(cfg, env=env)
         started.append(d)
         return d
 

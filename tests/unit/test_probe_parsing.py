@@ -5,7 +5,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunnelkeeper.supervise.probe import parse_build_version, parse_ready
+from tunnelkeeper.supervise.probe import parse_build_version, parse_ready, version_from_line
 
 
 def test_ready_200_and_503() -> None:
@@ -56,3 +56,16 @@ def test_build_version_from_exposition() -> None:
 @given(st.text(max_size=500))
 def test_parse_build_version_never_raises(text: str) -> None:
     parse_build_version(text)
+
+
+def test_version_from_the_start_up_line() -> None:
+    checksum = "0123456789abcdef" * 4
+    assert version_from_line(f"Version 2026.8.2 (Checksum {checksum})") == "2026.8.2"
+    assert version_from_line("Version 2026.8.2") is None  # not the start-up line's shape
+    assert version_from_line(f"Version $(reboot) (Checksum {checksum})") is None
+    assert version_from_line(f"Starting tunnel Version 2026.8.2 (Checksum {checksum})") is None
+
+
+@given(st.text(max_size=300))
+def test_version_from_line_never_raises(text: str) -> None:
+    version_from_line(text)

@@ -110,7 +110,10 @@ class Observation:
                 self.wake.set()  # a change: decide now (time-based ones have their own timers)
             if result.answered and now - last_usage_at >= self.daemon.metrics_interval_seconds:
                 last_usage_at = now
-                if r.version is None:  # a process's version never changes: asked until known
+                if r.version is None:  # a process's version never changes
+                    r.version = r.proc.version  # from its start-up line
+                if r.version is None and (r.proc.adopted or r.ready_at is not None):
+                    # not seen in its log (its start was before ours, or under a flood): asked
                     r.version = await self.prober.version(r.proc.spec.metrics_port)
                 self._export_usage(r)
             if r.hinted and r.ready_connections > 0:
@@ -292,7 +295,7 @@ class Observation:
         )
 
     def phase(self, r: Replica, now: float) -> Phase:
-        return policy.phase_of(r.observed(), self.timing, now)
+        return policy.phase_of(r, self.timing, now)
 
 
 def _wake_up(nap: asyncio.Future[None]) -> None:

@@ -1,4 +1,5 @@
-"""Asking a replica how it is: cloudflared's /ready (per-replica truth) and /metrics (version).
+"""Asking a replica how it is: cloudflared's /ready (per-replica truth) and /metrics (version,
+when its start-up line was not seen: see :func:`version_from_line`).
 
 /healthcheck always says OK and ha_connections reads 1 with zero connections, so neither is
 used. Bodies are hostile input: anything unexpected is a failed probe, never an exception.
@@ -12,8 +13,6 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from tunnelkeeper.supervise.probewire import Wire, WireError
 
 MAX_BODY_BYTES = 64 * 1024
@@ -21,6 +20,18 @@ MAX_BODY_BYTES = 64 * 1024
 # must not make the daemon hold (and parse) megabytes every metrics interval
 MAX_METRICS_CHARS = 512 * 1024
 _VERSION = re.compile(r"[0-9A-Za-z.+-]{1,40}")
+# cloudflared's second start-up line: "Version 2026.8.2 (Checksum <sha256 of its binary>)"
+_VERSION_LINE = re.compile(r"Version ([0-9A-Za-z.+-]{1,40}) \(Checksum [0-9a-f]{64}\)")
+
+
+def version_from_line(message: str) -> str | None:
+    """The version a replica logs as it starts, from the message of one of its log lines.
+    Read from there, the version costs nothing: no /metrics request, and no Prometheus parser
+    (prometheus_client's package, ~3 MB resident) in the daemon."""
+    if not message.startswith("Version "):
+        return None
+    match = _VERSION_LINE.fullmatch(message)
+    return match[1] if match else None
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,10 @@ def parse_build_version(text: str) -> str | None:
         for line in text.splitlines()
         if line.startswith(("build_info", "# HELP build_info ", "# TYPE build_info "))
     ]
+    # imported here: only a replica whose start-up line was not seen (adopted after a daemon
+    # restart, or its start buried in a log flood) needs the parser
+    from prometheus_client.parser import text_string_to_metric_families
+
     try:
         for family in text_string_to_metric_families("\n".join(lines) + "\n"):
             if family.name != "build_info":

@@ -27,6 +27,7 @@ from tunnelkeeper.atomicfile import write_private_file
 from tunnelkeeper.supervise.childlog import ChildLine, RecentErrors
 from tunnelkeeper.supervise.identity import RunAs
 from tunnelkeeper.supervise.logtail import READ_CHUNK, LogTail, open_for_child, raise_ceiling
+from tunnelkeeper.supervise.probe import version_from_line
 from tunnelkeeper.supervise.relay import Relay
 from tunnelkeeper.tasks import wait_event
 from tunnelkeeper.tunneltoken import TunnelToken
@@ -141,6 +142,7 @@ class ReplicaProcess:
         self._pidfd: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.skipped_lines = 0
+        self.version: str | None = None  # from its start-up line, once the relay has read it
         # bytes its log tail left unread under a flood (see LogTail.skim)
         self.on_unread: Callable[[int], None] = lambda size: None
         self.on_hint: Callable[[], None] = lambda: None
@@ -292,6 +294,8 @@ class ReplicaProcess:
         self.on_skipped(lines)
 
     def _emit_line(self, line: ChildLine) -> None:
+        if self.version is None:
+            self.version = version_from_line(line.message)
         self._log.log(
             _LEVELS[line.level], "cloudflared_logged", child_message=line.message, **line.fields
         )
