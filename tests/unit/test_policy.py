@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 from tunnelkeeper.supervise.policy import (
     Abandon,
@@ -181,7 +180,7 @@ def test_a_successor_replacing_a_primary_on_an_old_spec_is_kept() -> None:
 
 def successor_of(slot: int, *, conns: int, started_at: float, reason: str) -> Observed:
     r = rep(slot, role=Role.SUCCESSOR, conns=conns, ready_at=None, started_at=started_at, gen=2)
-    return replace(r, ready_at=started_at + 0.5 if conns else None, reason=reason)
+    return r._replace(ready_at=started_at + 0.5 if conns else None, reason=reason)
 
 
 def test_a_dark_primary_gets_its_successor_started_before_unhealthy_after_runs_out() -> None:

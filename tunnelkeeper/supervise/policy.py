@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple, Protocol
 
 
 class Phase(StrEnum):
@@ -48,9 +49,10 @@ class Timing:
     ha_connections: int = 4
 
 
-@dataclass(frozen=True)
-class Observed:
-    """What the supervisor knows about one live replica at ``now``."""
+class Observed(NamedTuple):
+    """What the supervisor knows about one live replica at ``now``. Immutable, and a tuple
+    because one is built per replica two or three times a tick (a frozen dataclass took 2.5 µs
+    to build, this 0.75: at a hundred replicas that was a tenth of the daemon's idle CPU)."""
 
     key: str  # unique id of the replica (str(ReplicaId))
     slot: int
@@ -67,7 +69,32 @@ class Observed:
     reason: str = ""  # why it was started (a Spawn's reason)
 
 
-def phase_of(r: Observed, t: Timing, now: float) -> Phase:
+class PhaseInputs(Protocol):
+    """What :func:`phase_of` reads: an :class:`Observed` snapshot, or the supervisor's live
+    record itself (asked per replica on every tick by the metrics and the alert conditions,
+    where building a snapshot only to read a phase was most of the cost)."""
+
+    @property
+    def running(self) -> bool: ...
+    @property
+    def role(self) -> Role: ...
+    @property
+    def stopped(self) -> bool: ...
+    @property
+    def stale(self) -> bool: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def ready_connections(self) -> int: ...
+    @property
+    def ready_at(self) -> float | None: ...
+    @property
+    def zero_since(self) -> float | None: ...
+    @property
+    def silent_since(self) -> float | None: ...
+
+
+def phase_of(r: PhaseInputs, t: Timing, now: float) -> Phase:
     if not r.running:
         return Phase.EXITED
     if r.role is Role.DRAINING:

@@ -53,6 +53,10 @@ class Replica:
     ps: psutil.Process | None = field(default=None, repr=False, compare=False)  # for its usage
 
     @property
+    def running(self) -> bool:
+        return self.proc.running
+
+    @property
     def is_serving(self) -> bool:
         """Running with at least one edge connection, as of a fresh probe."""
         return (
@@ -63,9 +67,9 @@ class Replica:
         since = self.probed_at if self.probed_at is not None else self.started_at
         self.stale = now - since > stale_after_seconds
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
-        return str(self.rid)
+        return str(self.rid)  # rid never changes
 
     @property
     def spec_id(self) -> str:
