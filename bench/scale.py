@@ -136,6 +136,26 @@ def time_probes(ports: list[int]) -> list[float]:
     return out
 
 
+def memory_breakdown(pid: int) -> dict[str, float]:
+    """The end of the window's resident memory split (/proc/PID/smaps_rollup): anonymous (the
+    process's own heap and stacks) and file-backed (code of the interpreter and the shared
+    libraries, e.g. OpenSSL, shared with every other process that maps them), and PSS (shared
+    pages divided among the processes that map them)."""
+    fields = {"Rss": "rss", "Pss": "pss", "Anonymous": "anon"}
+    out: dict[str, float] = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in fields:
+                    out[f"{fields[key]}_mb_end"] = round(int(rest.split()[0]) / 1024, 1)
+    except OSError:
+        return {}
+    if "rss_mb_end" in out and "anon_mb_end" in out:
+        out["file_mb_end"] = round(out["rss_mb_end"] - out["anon_mb_end"], 1)
+    return out
+
+
 def watch(
     pid: int, window: float, metrics_url: str | None = None, ports: list[int] | None = None
 ) -> dict[str, Any]:
@@ -166,6 +186,7 @@ def watch(
         ),
         "rss_mb_max": round(max(rss) / 2**20, 1),
         "rss_mb_median": round(statistics.median(rss) / 2**20, 1),
+        **memory_breakdown(pid),
     }
     if scrape:
         lag = lag_figures(first, last)
