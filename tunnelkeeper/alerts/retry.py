@@ -6,7 +6,6 @@ import enum
 import math
 import random
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 300.0
@@ -49,6 +48,9 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     try:
         seconds = float(text)
     except ValueError:
+        # imported here: the email package costs ~0.6 MB resident, and a date is rare
+        from email.utils import parsedate_to_datetime
+
         try:
             when = parsedate_to_datetime(text)
         except (TypeError, ValueError, IndexError):

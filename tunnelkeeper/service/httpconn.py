@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -149,7 +148,7 @@ class ConnectionPool:
             ("Content-Type", reply.content_type),
             ("Content-Length", str(len(reply.body))),
             ("Server", "tunnelkeeper"),
-            ("Date", email.utils.formatdate(usegmt=True)),  # RFC 9110: servers with a clock
+            ("Date", http_date(time.time())),  # RFC 9110: servers with a clock
         ]
         try:
             data = h.send(h11.Response(status_code=reply.status, headers=headers))
@@ -190,3 +189,17 @@ def connection_cap(nofile: int, replicas: int) -> int:
     supervision. Never below 4: /metrics and /healthz must stay reachable."""
     spare = nofile - 2 * FDS_PER_REPLICA * replicas - FD_RESERVE
     return max(4, min(MAX_CONNECTIONS, spare // 2))
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(timestamp: float) -> str:
+    """RFC 9110's IMF-fixdate, in English whatever the locale (email.utils.formatdate's
+    output, without importing the email package)."""
+    t = time.gmtime(timestamp)
+    return (
+        f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
+    )
