@@ -30,7 +30,12 @@ from tunnelkeeper.logconfig import configure
 from tunnelkeeper.metrics import Metrics
 from tunnelkeeper.service.apitasks import ApiTasks
 from tunnelkeeper.service.endpoints import Endpoints
-from tunnelkeeper.service.guards import AlreadyRunning, forbid_core_dumps, lock_dirs
+from tunnelkeeper.service.guards import (
+    AlreadyRunning,
+    forbid_core_dumps,
+    lock_dirs,
+    return_free_memory,
+)
 from tunnelkeeper.service.httpconn import connection_cap, raise_nofile_limit
 from tunnelkeeper.service.notify import Notifier
 from tunnelkeeper.service.resilience import (
@@ -336,6 +341,7 @@ class Daemon(Endpoints):
             self._ready_sent = True
             self.notifier.send("READY=1", f"STATUS={line}")
             log.info("daemon_ready", all_tunnels_ready=all_ready)
+            return_free_memory()  # start-up is over
 
 
 LAG_SAMPLE_SECONDS = 0.5

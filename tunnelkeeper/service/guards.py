@@ -37,6 +37,16 @@ def forbid_core_dumps() -> None:
         pass  # not Linux: RLIMIT_CORE 0 still applies
 
 
+def return_free_memory() -> None:
+    """Give the C heap's free pages back to the kernel (glibc's ``malloc_trim``): what start-up
+    allocated and freed (imports, the first ticks) otherwise stays resident. Elsewhere than
+    glibc, nothing."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def lock_dirs(dirs: list[tuple[str, Path]]) -> list[int]:
     """Take the exclusive lock of each directory; the descriptors must stay open for the
     daemon's lifetime. Raises AlreadyRunning naming the key, directory and holder."""

@@ -38,6 +38,10 @@ HINT_GAP_SECONDS = 0.25
 # ... and once more this soon after, if the first one found it still connected (cloudflared may
 # log the loss a moment before its /ready counts it)
 HINT_FOLLOW_UP_SECONDS = 0.1
+# A replica's start-up line ("Version ...") is written before it connects, but its log may be
+# read just after the probe that finds it ready: /metrics is asked for the version only if the
+# line has not been read this long after
+VERSION_FROM_LOG_SECONDS = 3.0
 EXIT_BACKOFF_CAP_SECONDS = 30.0
 # Tunnels are probed in this many groups spread over the probe interval: one burst of every
 # probe at once would make the answers queue behind each other (probe latency) and the loop
@@ -112,7 +116,10 @@ class Observation:
                 last_usage_at = now
                 if r.version is None:  # a process's version never changes
                     r.version = r.proc.version  # from its start-up line
-                if r.version is None and (r.proc.adopted or r.ready_at is not None):
+                if r.version is None and (
+                    r.proc.adopted
+                    or (r.ready_at is not None and now - r.ready_at >= VERSION_FROM_LOG_SECONDS)
+                ):
                     # not seen in its log (its start was before ours, or under a flood): asked
                     r.version = await self.prober.version(r.proc.spec.metrics_port)
                 self._export_usage(r)
