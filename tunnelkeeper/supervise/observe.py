@@ -167,6 +167,19 @@ class Observation:
         if r.nap is not None:
             _wake_up(r.nap)
 
+    def _registered(self, r: Replica) -> None:
+        """cloudflared logged a new edge connection: a replica not known to have one (starting,
+        or dark) is probed now, so that it counts as ready (READY=1, a successor's takeover)
+        when it is, not up to a probe interval later. At most once per HINT_GAP_SECONDS."""
+        if r.ready_connections > 0:
+            return
+        now = self.clock()
+        if now - r.hinted_at < HINT_GAP_SECONDS:
+            return
+        r.hinted_at = now
+        if r.nap is not None:
+            _wake_up(r.nap)
+
     def _wake_in(self, seconds: float) -> None:
         """Run the daemon's loop at a moment a replica's phase changes by time alone (silent or
         dark long enough), not at the next tick after it."""

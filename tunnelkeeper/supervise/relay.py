@@ -45,6 +45,9 @@ HINT_MESSAGES = (
     "Unregistered tunnel connection",
     "Retrying connection in up to",
 )
+# a connection was made: a replica not yet known to be connected is probed at once, so that
+# one starting (or recovering) is known ready when it is, not at its next probe
+REGISTERED_MESSAGE = "Registered tunnel connection"
 _ERROR_MARK = b'"level":"error"'
 
 
@@ -58,6 +61,7 @@ class Relay:
     summarise: Callable[[str, int], None]
     skipped: Callable[[int], None]
     hint: Callable[[], None] = lambda: None
+    registered: Callable[[], None] = lambda: None
     gate: FloodGate = field(default_factory=FloodGate)
     recent_errors: RecentErrors = field(default_factory=RecentErrors)
     bind_failed: bool = False
@@ -132,6 +136,8 @@ class Relay:
             self.bind_failed = True
         if line.message.startswith(HINT_MESSAGES):
             self.hint()
+        elif line.message == REGISTERED_MESSAGE:
+            self.registered()
         admitted, summaries = self.gate.admit(flood_key(line), time.monotonic())
         for key, count in summaries.items():
             self.summarise(key, count)

@@ -146,9 +146,14 @@ class ReplicaProcess:
         # bytes its log tail left unread under a flood (see LogTail.skim)
         self.on_unread: Callable[[int], None] = lambda size: None
         self.on_hint: Callable[[], None] = lambda: None
+        self.on_registered: Callable[[], None] = lambda: None
         self.on_skipped: Callable[[int], None] = lambda lines: None
         self.relay = Relay(
-            self._emit_line, self._summarise, self._skipped, hint=lambda: self.on_hint()
+            self._emit_line,
+            self._summarise,
+            self._skipped,
+            hint=lambda: self.on_hint(),
+            registered=lambda: self.on_registered(),
         )
         self._log = log.bind(tunnel=rid.tunnel, slot=rid.slot, generation=rid.generation)
         replicas_dir = ensure_runtime_dir(spec.runtime_dir, separated=spec.run_as is not None)

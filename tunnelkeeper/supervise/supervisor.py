@@ -260,7 +260,13 @@ class TunnelSupervisor(Observation, Rollout):
             if r is not None and r.proc is proc:
                 self._hinted(r)
 
+        def registered() -> None:
+            r = self.replicas.get(str(proc.rid))
+            if r is not None and r.proc is proc:
+                self._registered(r)
+
         proc.on_hint = hint
+        proc.on_registered = registered
 
     def take(self, r: Replica) -> None:
         """Supervise a replica that already runs (adopted from a previous daemon)."""
