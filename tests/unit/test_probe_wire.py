@@ -140,3 +140,35 @@ async def test_probes_on_one_interval_share_beats() -> None:
         assert 0 < wait <= interval
         beat = (loop.time() + wait) / interval - phase
         assert abs(beat - round(beat)) < 1e-3
+
+
+async def test_one_hung_replica_times_out_alone_and_later_probes_get_their_own_deadline() -> None:
+    """The wire's single timer: a hung server's probe fails with "timeout" while the answering
+    ones beside it are answered, and a probe sent after the timer was armed (later deadline)
+    still times out on its own deadline, not never."""
+    hold = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            await hold.wait()
+        writer.close()
+
+    hung_server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    SERVERS.append(hung_server)
+    hung = int(hung_server.sockets[0].getsockname()[1])
+    ports = [(await serve(plain))[0] for _ in range(3)]
+    prober = Prober(timeout_seconds=0.3)
+    try:
+        first = asyncio.ensure_future(prober.ready(hung))
+        answered = await asyncio.gather(*(prober.ready(p) for p in ports))
+        assert [r.ready_connections for r in answered] == [4, 4, 4]
+        assert not first.done()  # answered ones did not settle the hung one
+        second = asyncio.ensure_future(prober.ready(hung))  # its own, later deadline
+        results = await asyncio.wait_for(asyncio.gather(first, second), 10)
+        assert [(r.answered, r.error) for r in results] == [(False, "timeout")] * 2
+        again = await asyncio.wait_for(prober.ready(ports[0]), 10)
+        assert again.ready_connections == 4
+    finally:
+        hold.set()
+        await prober.aclose()

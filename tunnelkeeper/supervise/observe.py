@@ -67,6 +67,8 @@ class Observation:
     token_refused: bool
     # what _export last set, per slot (and "tunnel"): a series is set again only on a change
     _exported: dict[int | str, tuple[object, ...]]
+    # the naps waiting for each coming probe beat (by its time), woken by one timer per beat
+    _beat_naps: dict[float, list[asyncio.Future[None]]]
     _log: structlog.typing.FilteringBoundLogger
 
     if TYPE_CHECKING:  # provided by TunnelSupervisor and Rollout
@@ -131,7 +133,7 @@ class Observation:
                 # on the tunnel's beat: its replicas' probes leave together with those of the
                 # other tunnels in its group, and the answers are read in a few wake-ups of the
                 # loop, not one per replica
-                seconds = until_beat(self.daemon.probe_interval_seconds, self.probe_phase)
+                seconds = None
             r.hinted = False
             await self._nap(r, seconds)
 
@@ -140,17 +142,38 @@ class Observation:
         """Where in the probe interval this tunnel's group is probed (stable per name)."""
         return (zlib.crc32(self.cfg.name.encode()) % PROBE_GROUPS) / PROBE_GROUPS
 
-    async def _nap(self, r: Replica, seconds: float) -> None:
-        """Wait for the next probe: a timer (as cheap as a sleep; exits are reported by the
-        pidfd at once), or less if a log hint cuts it short (:meth:`_hinted`)."""
+    async def _nap(self, r: Replica, seconds: float | None) -> None:
+        """Wait for the next probe: ``seconds``, or the tunnel's next beat (None), or less if a
+        log hint cuts it short (:meth:`_hinted`). Exits are reported by the pidfd at once."""
         loop = asyncio.get_running_loop()
         nap = r.nap = loop.create_future()
-        timer = loop.call_later(seconds, _wake_up, nap)
+        timer = None
+        if seconds is None:
+            self._wake_at_beat(loop, nap)
+        else:
+            timer = loop.call_later(seconds, _wake_up, nap)
         try:
             await nap
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             r.nap = None
+
+    def _wake_at_beat(self, loop: asyncio.AbstractEventLoop, nap: asyncio.Future[None]) -> None:
+        """Resolve ``nap`` at the tunnel's next probe beat. The tunnel's replicas share one
+        timer per beat (a timer each was a tenth of a probe's cost)."""
+        interval = self.daemon.probe_interval_seconds
+        when = loop.time() + until_beat(interval, self.probe_phase)
+        key = round(when, 3)
+        naps = self._beat_naps.get(key)
+        if naps is None:
+            naps = self._beat_naps[key] = []
+            loop.call_at(when, self._beat, key)
+        naps.append(nap)
+
+    def _beat(self, key: float) -> None:
+        for nap in self._beat_naps.pop(key, ()):
+            _wake_up(nap)  # a nap a hint ended early is done already: nothing to do
 
     def _hinted(self, r: Replica) -> None:
         """cloudflared logged a lost or failed connection: probe it now (and once more shortly

@@ -7,7 +7,6 @@ used. Bodies are hostile input: anything unexpected is a failed probe, never an 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import uuid
@@ -112,10 +111,7 @@ class Prober:
     async def _get(self, port: int, path: str, limit: int) -> tuple[int, bytes]:
         for attempt in (1, 2):
             try:
-                async with asyncio.timeout(self.timeout_seconds):
-                    return await self._wire.get(port, path, limit)
-            except TimeoutError as exc:
-                raise ProbeError("timeout") from exc
+                return await self._wire.get(port, path, limit, self.timeout_seconds)
             except WireError as exc:
                 if exc.stale and attempt == 1:
                     continue  # the kept-alive connection had been closed: one fresh try

@@ -15,6 +15,9 @@ streams and h11, 1.5% with h11 alone over raw sockets, and 0.2% the way this mod
   where h11's pure-Python state machine cost ~130 µs a response.
 - Connections are kept alive and reused (one per replica at rest); a fresh one connects without
   blocking (a replica whose listen backlog is full must not stall the loop).
+- Timeouts are the wire's: one timer for all the requests in flight (armed for the earliest
+  deadline, cancelled when none is left), not an ``asyncio.timeout`` per request, whose timer
+  handle, heap push and cancel were a tenth of a probe's cost.
 
 Bodies are hostile input and bounded (``limit``); anything unexpected fails that one request
 with :class:`WireError` and closes its connection, never raises elsewhere.
@@ -48,7 +51,17 @@ class WireError(Exception):
 class _Conn:
     """One connection and the one request on it (HTTP/1.1 without pipelining)."""
 
-    __slots__ = ("connecting", "future", "port", "received", "reply", "request", "reused", "sock")
+    __slots__ = (
+        "connecting",
+        "deadline",
+        "future",
+        "port",
+        "received",
+        "reply",
+        "request",
+        "reused",
+        "sock",
+    )
     reply: HttpReply  # the current request's response, made by Wire.get
 
     def __init__(self, port: int, sock: socket.socket) -> None:
@@ -57,6 +70,7 @@ class _Conn:
         self.future: asyncio.Future[tuple[int, bytes]] | None = None
         self.request = b""
         self.received = self.reused = False
+        self.deadline = 0.0
 
 
 class Wire:
@@ -67,10 +81,16 @@ class Wire:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._by_fd: dict[int, _Conn] = {}
         self._idle: dict[int, _Conn] = {}
+        self._waiting: set[_Conn] = set()  # requests in flight
+        self._sweep: asyncio.TimerHandle | None = None
+        self._sweep_at = 0.0
 
-    def get(self, port: int, path: str, limit: int) -> asyncio.Future[tuple[int, bytes]]:
+    def get(
+        self, port: int, path: str, limit: int, timeout: float
+    ) -> asyncio.Future[tuple[int, bytes]]:
         """Send ``GET path`` to 127.0.0.1:port; the future gives (status, body) or raises
-        :class:`WireError`. Cancelling it (a timeout) closes its connection."""
+        :class:`WireError` (``"timeout"`` after ``timeout`` seconds). Cancelling it closes its
+        connection."""
         loop = asyncio.get_running_loop()
         self._attach(loop)
         future: asyncio.Future[tuple[int, bytes]] = loop.create_future()
@@ -89,9 +109,29 @@ class Wire:
             % (path.encode("ascii"), port)
         )
         future.add_done_callback(functools.partial(self._settled, conn))
+        conn.deadline = loop.time() + timeout
+        self._waiting.add(conn)
+        if self._sweep is None or conn.deadline < self._sweep_at:
+            self._arm(conn.deadline)
         if not conn.connecting:
             self._send(conn)
         return future
+
+    def _arm(self, when: float) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+        assert self._loop is not None
+        self._sweep, self._sweep_at = self._loop.call_at(when, self._expire), when
+
+    def _expire(self) -> None:
+        """The earliest deadline has come: fail what is overdue, wait for the next one."""
+        self._sweep = None
+        assert self._loop is not None
+        now = self._loop.time()
+        for conn in [c for c in self._waiting if c.deadline <= now]:
+            self._fail(conn, WireError("timeout"))
+        if self._waiting:
+            self._arm(min(c.deadline for c in self._waiting))
 
     def forget(self, port: int) -> None:
         conn = self._idle.pop(port, None)
@@ -104,6 +144,10 @@ class Wire:
                 conn.future.set_exception(WireError("closed"))
             self._close(conn)
         self._idle.clear()
+        self._waiting.clear()
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         if self._epoll is not None:
             if self._loop is not None and not self._loop.is_closed():
                 with contextlib.suppress(ValueError, OSError):
@@ -203,6 +247,10 @@ class Wire:
         """The request is over (answered, failed or cancelled): keep the connection for the
         next one only if it finished cleanly."""
         conn.future = None
+        self._waiting.discard(conn)
+        if not self._waiting and self._sweep is not None:
+            self._sweep.cancel()  # nothing in flight: no wake-up for nothing
+            self._sweep = None
         if conn.sock.fileno() < 0:
             return
         if future.cancelled() or future.exception() is not None or not conn.reply.complete:

@@ -72,6 +72,7 @@ class TunnelSupervisor(Observation, Rollout):
         self.rotation_target: str | None = None
         self.epoch = 0
         self._exported = {}
+        self._beat_naps = {}
         self.rollout_failures = 0
         self.binary: Path = cloudflared.path  # what new replicas run (see upgrade)
         self.run_as: RunAs | None = None  # who new replicas run as (see identity)
