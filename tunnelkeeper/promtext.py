@@ -93,10 +93,8 @@ class Family:
             if not _LABEL.fullmatch(label) or label.startswith("__"):
                 raise ValueError(f"invalid label name {label!r} in {name}")
         self.kind, self.labelnames = kind, tuple(labelnames)
-        self.sample_name = f"{name}_total" if kind == "counter" else name
-        self.header = (
-            f"# HELP {self.sample_name} {_escape_help(doc)}\n# TYPE {self.sample_name} {kind}\n"
-        )
+        self.name = f"{name}_total" if kind == "counter" else name  # as exposed
+        self.header = f"# HELP {self.name} {_escape_help(doc)}\n# TYPE {self.name} {kind}\n"
         self._lock = lock
         self._series: dict[tuple[str, ...], Series] = {}
         if not self.labelnames:
@@ -105,10 +103,10 @@ class Family:
     def _key(self, values: tuple[object, ...], named: dict[str, object]) -> tuple[str, ...]:
         if named:
             if values or set(named) != set(self.labelnames):
-                raise ValueError(f"{self.sample_name} takes labels {self.labelnames}")
+                raise ValueError(f"{self.name} takes labels {self.labelnames}")
             values = tuple(named[n] for n in self.labelnames)
         if len(values) != len(self.labelnames):
-            raise ValueError(f"{self.sample_name} takes labels {self.labelnames}")
+            raise ValueError(f"{self.name} takes labels {self.labelnames}")
         return tuple(str(v) for v in values)
 
     def labels(self, *values: object, **named: object) -> Series:
@@ -118,7 +116,7 @@ class Family:
             with self._lock:
                 series = self._series.get(key)
                 if series is None:
-                    prefix = f"{self.sample_name}{label_text(self.labelnames, key)} "
+                    prefix = f"{self.name}{label_text(self.labelnames, key)} "
                     series = Series(prefix, self._lock, self.kind == "counter")
                     self._series[key] = series
         return series
@@ -145,7 +143,7 @@ class Family:
         with self._lock:
             items = list(self._series.items())
         for key, series in items:
-            yield self.sample_name, dict(zip(self.labelnames, key, strict=True)), series.value
+            yield self.name, dict(zip(self.labelnames, key, strict=True)), series.value
 
 
 class Histogram:
@@ -194,10 +192,8 @@ class Registry:
         self._families: list[Family | Histogram] = []
 
     def _add(self, family: Family | Histogram) -> None:
-        name = family.sample_name if isinstance(family, Family) else family.name
-        if not _NAME.fullmatch(name) or any(
-            name == (f.sample_name if isinstance(f, Family) else f.name) for f in self._families
-        ):
+        name = family.name
+        if not _NAME.fullmatch(name) or any(name == f.name for f in self._families):
             raise ValueError(f"invalid or duplicate metric name {name!r}")
         self._families.append(family)
 
@@ -230,7 +226,7 @@ class Registry:
             if isinstance(f, Histogram):
                 names |= {f"{f.name}{s}" for s in ("_bucket", "_count", "_sum")}
             else:
-                names.add(f.sample_name)
+                names.add(f.name)
         return names
 
     def get_sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None:

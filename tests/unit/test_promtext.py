@@ -107,13 +107,12 @@ def test_the_daemons_metrics_are_written_as_prometheus_client_wrote_them() -> No
     mirrored: dict[str, Any] = {}
     for family in m.registry._families:
         doc = family.header.split("\n")[0].split(" ", 3)[3]
+        name = family.name
         if isinstance(family, Histogram):
-            name = family.name
             mirrored[name] = prometheus_client.Histogram(
                 name, doc, buckets=family.bounds, registry=reference
             )
         else:
-            name = family.sample_name
             cls = prometheus_client.Counter if family.kind == "counter" else prometheus_client.Gauge
             mirrored[name] = cls(
                 name.removesuffix("_total"), doc, family.labelnames, registry=reference

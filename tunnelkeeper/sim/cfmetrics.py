@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tunnelkeeper.promtext import escape_label_value
+from tunnelkeeper.promtext import label_text
 
 GO_VERSION = "go1.27.3"
 DEFAULT_PORTS = range(20241, 20246)
@@ -102,9 +102,8 @@ _FAMILIES = {
 
 
 def _sample(name: str, labels: dict[str, str], value: float) -> str:
-    inner = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in labels.items())
     number = str(int(value)) if float(value).is_integer() else repr(float(value))
-    return f"{name}{{{inner}}} {number}" if inner else f"{name} {number}"
+    return f"{name}{label_text(list(labels), list(labels.values()))} {number}"
 
 
 def _samples(s: TunnelState) -> dict[str, Samples]:
