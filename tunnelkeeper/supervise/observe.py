@@ -183,25 +183,26 @@ class Observation:
         next one come soon (that probe may have been answered before the loss)."""
         if r.ready_connections == 0 or r.probed_at is None:
             return
-        now = self.clock()
-        if now - r.hinted_at < HINT_GAP_SECONDS:
-            return
-        r.hinted, r.hinted_at = True, now
-        if r.nap is not None:
-            _wake_up(r.nap)
+        if self._probe_now(r):
+            r.hinted = True
 
     def _registered(self, r: Replica) -> None:
         """cloudflared logged a new edge connection: a replica not known to have one (starting,
         or dark) is probed now, so that it counts as ready (READY=1, a successor's takeover)
         when it is, not up to a probe interval later. At most once per HINT_GAP_SECONDS."""
-        if r.ready_connections > 0:
-            return
+        if r.ready_connections == 0:
+            self._probe_now(r)
+
+    def _probe_now(self, r: Replica) -> bool:
+        """Cut the replica's wait for its next probe short (a log line asked for it), at most
+        once per HINT_GAP_SECONDS; False if one was asked too recently."""
         now = self.clock()
         if now - r.hinted_at < HINT_GAP_SECONDS:
-            return
+            return False
         r.hinted_at = now
         if r.nap is not None:
             _wake_up(r.nap)
+        return True
 
     def _wake_in(self, seconds: float) -> None:
         """Run the daemon's loop at a moment a replica's phase changes by time alone (silent or

@@ -256,18 +256,18 @@ class TunnelSupervisor(Observation, Rollout):
         ).inc
         proc.on_unread = self.metrics.child_log_unread.labels(self.cfg.name, str(proc.rid.slot)).inc
 
-        def hint() -> None:
-            r = self.replicas.get(str(proc.rid))
-            if r is not None and r.proc is proc:
-                self._hinted(r)
+        def to_record(handle: Callable[[Replica], None]) -> Callable[[], None]:
+            """A log event of this process, for its record (if it is still this process's)."""
 
-        def registered() -> None:
-            r = self.replicas.get(str(proc.rid))
-            if r is not None and r.proc is proc:
-                self._registered(r)
+            def deliver() -> None:
+                r = self.replicas.get(str(proc.rid))
+                if r is not None and r.proc is proc:
+                    handle(r)
 
-        proc.on_hint = hint
-        proc.on_registered = registered
+            return deliver
+
+        proc.on_hint = to_record(self._hinted)
+        proc.on_registered = to_record(self._registered)
 
     def take(self, r: Replica) -> None:
         """Supervise a replica that already runs (adopted from a previous daemon)."""
