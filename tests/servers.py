@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import ssl
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -48,9 +49,14 @@ def debian_binary(*names: str) -> str:
     pytest.fail(f"none of {names} installed: tests/run.sh installs them")
 
 
-def _answers(url: str) -> bool:
+def _verify(ca_file: Path | None) -> ssl.SSLContext | bool:
+    return True if ca_file is None else ssl.create_default_context(cafile=str(ca_file))
+
+
+def _answers(url: str, ca_file: Path | None = None) -> bool:
+    verify = _verify(ca_file)
     try:
-        return httpx.get(url, trust_env=False, timeout=2).status_code == 200
+        return httpx.get(url, trust_env=False, timeout=2, verify=verify).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -58,8 +64,16 @@ def _answers(url: str) -> bool:
 class Server:
     """A server process that a test can stop (the fault) and start again on the same port."""
 
-    def __init__(self, home: Path, argv: list[str], ready_url: str, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        home: Path,
+        argv: list[str],
+        ready_url: str,
+        env: dict[str, str],
+        ca_file: Path | None = None,  # an https server's CA, once it has started
+    ) -> None:
         self.home, self.argv, self.ready_url, self.env = home, argv, ready_url, env
+        self.ca_file = ca_file
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -79,7 +93,9 @@ class Server:
             )
         proc = self.proc
         wait_until(
-            lambda: proc.poll() is not None or _answers(self.ready_url), timeout=45, what="server"
+            lambda: proc.poll() is not None or _answers(self.ready_url, self.ca_file),
+            timeout=45,
+            what="server",
         )
         assert proc.poll() is None, (self.home / "server.log").read_text()[-2000:]
 
@@ -99,7 +115,8 @@ class Bao:
 
     def api(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
         headers = {"X-Vault-Token": token or self.root_token}
-        with httpx.Client(base_url=self.addr, trust_env=False, timeout=10) as client:
+        verify = _verify(self.server.ca_file)
+        with httpx.Client(base_url=self.addr, trust_env=False, timeout=10, verify=verify) as client:
             resp = client.request(method, f"/v1/{path}", json=body, headers=headers)
         assert resp.status_code < 300, (method, path, resp.status_code, resp.text[:200])
         return resp.json() if resp.content else None
@@ -112,12 +129,13 @@ class Bao:
         return int(data["metadata"]["version"]), data["data"]
 
 
-def openbao(home: Path) -> Bao:
+def openbao(home: Path, *, tls: bool = False) -> Bao:
     """An OpenBao dev server (in memory: a restart starts empty, with the same root token);
-    not started yet. Its log holds the root token, so it stays in ``home``."""
+    not started yet. Its log holds the root token, so it stays in ``home``. With ``tls`` it
+    serves https with a CA it generates at start, ``server.ca_file``."""
     port = free_port()
     root = secrets.token_hex(16)
-    addr = f"http://127.0.0.1:{port}"
+    addr = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     argv = [
         str(VENV_BIN / "bao"),
         "server",
@@ -125,8 +143,13 @@ def openbao(home: Path) -> Bao:
         f"-dev-listen-address=127.0.0.1:{port}",
         f"-dev-root-token-id={root}",
     ]
+    ca_file = None
+    if tls:
+        (home / "tls").mkdir()
+        argv += ["-dev-tls", f"-dev-tls-cert-dir={home / 'tls'}"]
+        ca_file = home / "tls" / "vault-ca.pem"
     env = {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    return Bao(Server(home, argv, f"{addr}/v1/sys/health", env), addr, root)
+    return Bao(Server(home, argv, f"{addr}/v1/sys/health", env, ca_file), addr, root)
 
 
 @dataclass

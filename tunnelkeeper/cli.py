@@ -111,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd == "run":
+        from tunnelkeeper.service.noopenssl import import_stdlib_without_openssl
+
+        import_stdlib_without_openssl()  # first: anything below may import them
         from tunnelkeeper.service.daemon import run_command
 
         return run_command(args.config)

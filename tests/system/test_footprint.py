@@ -6,11 +6,14 @@ PYTHONPROFILEIMPORTTIME is set; the daemon's stderr is its log here.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from tests.harness import Daemon
+from tests.harness import Daemon, Sim
+from tests.servers import openbao
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.system
@@ -19,7 +22,11 @@ pytestmark = pytest.mark.system
 # HTTP client of the Cloudflare API and the secrets managers, the AWS SDK, the scheduler, and
 # prometheus_client (the daemon writes its exposition itself and reads a replica's version
 # from its start-up line)
-NOT_LOADED = ("aiohttp", "httpx", "boto3", "botocore", "apscheduler", "prometheus_client")
+# and OpenSSL's TLS module (service/noopenssl.py): a hidden `ssl` shows in the report as a
+# failed import of `ssl`, never of the `_ssl` extension behind it
+NOT_LOADED = (
+    "aiohttp", "httpx", "boto3", "botocore", "apscheduler", "prometheus_client", "_ssl",
+)  # fmt: skip
 
 
 def imported(output: str) -> set[str]:
@@ -46,3 +53,30 @@ def test_a_running_daemon_loads_none_of_the_libraries_its_config_does_not_use(
     assert "tunnelkeeper.service.daemon" in modules  # the report is there
     loaded = {m for m in modules if m.split(".")[0] in NOT_LOADED}
     assert not loaded, f"loaded without being configured: {sorted(loaded)}"
+
+
+def test_a_daemon_started_without_openssl_reads_its_token_from_vault_over_tls(
+    tmp_path: Path, sim: Sim, run_daemon: Callable[..., Daemon]
+) -> None:
+    """The daemon's asyncio starts without ``ssl``; a configured https source loads it then,
+    and TLS with the CA the config names works (OpenBao's dev CA, generated at its start)."""
+    home = tmp_path / "bao"
+    home.mkdir()
+    bao = openbao(home, tls=True)
+    bao.server.start()
+    try:
+        kv_path = f"tk/{uuid.uuid4().hex[:8]}"
+        bao.put(kv_path, {"token": sim.token("portal")})
+        vault_token = tmp_path / "vault.token"
+        vault_token.write_text(bao.root_token + "\n")
+        source = (
+            f'{{ source = "vault", addr = "{bao.addr}", path = "{kv_path}", '
+            f'token_file = "{vault_token}", ca_cert = "{bao.server.ca_file}" }}'
+        )
+        d = run_daemon({"portal": {"replicas": 1, "token": source}},
+                       env={"PYTHONPROFILEIMPORTTIME": "1"})  # fmt: skip
+        d.wait_ready("portal", 1)
+        assert d.tunnel("portal")["token"]["error"] is None
+        assert {"_ssl", "httpx"} <= imported(d.output())  # loaded when the source needed them
+    finally:
+        bao.server.stop()

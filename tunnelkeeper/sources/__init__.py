@@ -17,7 +17,6 @@ from tunnelkeeper.config.model import (
     TokenSourceConfig,
     VaultSourceConfig,
 )
-from tunnelkeeper.sources.aws import AwsSecretsManagerSource
 from tunnelkeeper.sources.base import (
     MalformedTokenError,
     TokenSource,
@@ -27,7 +26,6 @@ from tunnelkeeper.sources.base import (
 from tunnelkeeper.sources.command import CommandSource
 from tunnelkeeper.sources.file import FileSource
 from tunnelkeeper.sources.static import EnvSource, SystemdCredentialSource
-from tunnelkeeper.sources.vault import VaultSource
 from tunnelkeeper.sources.watch import Failed, New, Refused, TokenWatcher, Unchanged, WatchEvent
 
 __all__ = [
@@ -64,8 +62,12 @@ def open_source(
         return CommandSource(
             cfg.argv, timeout_seconds=cfg.timeout_seconds, env=cfg.env, environ=environ
         )
-    if isinstance(cfg, VaultSourceConfig):
+    if isinstance(cfg, VaultSourceConfig):  # the two network sources load only if configured
+        from tunnelkeeper.sources.vault import VaultSource
+
         return VaultSource(cfg, environ=environ)
     if isinstance(cfg, AwsSourceConfig):
+        from tunnelkeeper.sources.aws import AwsSecretsManagerSource
+
         return AwsSecretsManagerSource(cfg)
     raise TokenSourceError(f"unknown token source {type(cfg).__name__}")

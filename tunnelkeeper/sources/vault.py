@@ -7,7 +7,6 @@ Library and HTTP errors are translated here, once, into TokenSourceError with a 
 from __future__ import annotations
 
 import os
-import ssl
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -27,6 +26,8 @@ from tunnelkeeper.sources.file import read_token_text
 from tunnelkeeper.tunneltoken import TunnelToken
 
 if TYPE_CHECKING:  # imported where used: the daemon loads httpx only if it needs it
+    import ssl
+
     import httpx
 
 log = structlog.get_logger(__name__)
@@ -173,6 +174,8 @@ class VaultSource(TokenSource):
         )
         if not ca:
             return True
+        import ssl  # the daemon runs without it until needed (service/noopenssl.py)
+
         try:
             return ssl.create_default_context(cafile=str(ca))
         except (OSError, ssl.SSLError):
