@@ -8,10 +8,11 @@ on the supervisor's own state, from the daemon's single loop and the per-replica
 from __future__ import annotations
 
 import asyncio
+import functools
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import structlog
@@ -22,7 +23,7 @@ from tunnelkeeper.supervise import policy
 from tunnelkeeper.supervise.backoff import backoff_seconds
 from tunnelkeeper.supervise.policy import Phase, Role
 from tunnelkeeper.supervise.ports import PortAllocator
-from tunnelkeeper.supervise.probe import Prober
+from tunnelkeeper.supervise.probe import Prober, ReadyResult
 from tunnelkeeper.supervise.records import Replica, SlotState
 from tunnelkeeper.supervise.replica import ReplicaProcess
 from tunnelkeeper.supervise.stops import child_stop_change, is_stopped
@@ -67,113 +68,174 @@ class Observation:
     token_refused: bool
     # what _export last set, per slot (and "tunnel"): a series is set again only on a change
     _exported: dict[int | str, tuple[object, ...]]
-    # the naps waiting for each coming probe beat (by its time), woken by one timer per beat
-    _beat_naps: dict[float, list[asyncio.Future[None]]]
+    # the replicas its beats probe (by key; see _probe_on_beats), and the next beat's timer
+    _on_beats: dict[str, Replica]
+    _beat_timer: asyncio.TimerHandle | None
     _log: structlog.typing.FilteringBoundLogger
 
     if TYPE_CHECKING:  # provided by TunnelSupervisor and Rollout
 
         def _rotation_failed(self, r: Replica) -> None: ...
         def target_token(self) -> TunnelToken | None: ...
+        def _start_task(self, coro: Coroutine[Any, Any, None], name: str) -> None: ...
 
     async def _probe_loop(self, r: Replica) -> None:
-        last_usage_at = -1e9
+        """Probe ``r`` until its process ends: fast while it starts, after a hint, and then on
+        its tunnel's beat, where the beat itself probes it (see :meth:`_probe_on_beats`)."""
         while r.proc.running:
             asked_at = self.clock()
             result = await self.prober.ready(r.proc.spec.metrics_port)
-            now = self.clock()
-            self.metrics.probe_duration.observe(now - asked_at)
-            before = r.probe_view()
-            r.probed_at, r.stale = now, False
-            if result.answered:
-                r.silent_since = None
-                r.connector_id = result.connector_id or r.connector_id
-                r.ready_connections = result.ready_connections
-                if result.ready_connections > 0:
-                    if r.ready_at is None:
-                        r.ready_at = now
-                        self._log.info(
-                            "replica_ready",
-                            slot=r.rid.slot,
-                            generation=r.rid.generation,
-                            startup_seconds=round(now - r.started_at, 3),
-                        )
-                    r.zero_since = None
-                    if r.role is not Role.DRAINING and r.proc.token.secret:
-                        self.proven = r.proc.token
-                elif r.zero_since is None and r.ready_at is not None:
-                    r.zero_since = now
-                    self._wake_in(policy.prestart_after(self.timing))  # its successor starts
-                    self._wake_in(self.cfg.unhealthy_after_seconds)  # UNHEALTHY at that moment
-                self._set_stopped(r, False)
-            else:
-                if r.silent_since is None:
-                    r.silent_since = now
-                    self._wake_in(self.daemon.unresponsive_after_seconds)  # UNRESPONSIVE then
-                if not r.stopped and r.proc.pid is not None and is_stopped(r.proc.pid):
-                    self._set_stopped(r, True)  # not slow but stopped: no need to wait
-            if before != r.probe_view():
-                self.wake.set()  # a change: decide now (time-based ones have their own timers)
-            if result.answered and now - last_usage_at >= self.daemon.metrics_interval_seconds:
-                last_usage_at = now
-                if r.version is None:  # a process's version never changes
-                    r.version = r.proc.version  # from its start-up line
-                if r.version is None and (
-                    r.proc.adopted
-                    or (r.ready_at is not None and now - r.ready_at >= VERSION_FROM_LOG_SECONDS)
-                ):
-                    # not seen in its log (its start was before ours, or under a flood): asked
-                    r.version = await self.prober.version(r.proc.spec.metrics_port)
-                self._export_usage(r)
-            if r.hinted and r.ready_connections > 0:
-                seconds = HINT_FOLLOW_UP_SECONDS
-            elif r.ready_at is None and now - r.started_at < STARTING_FAST_SECONDS:
-                seconds = STARTING_PROBE_SECONDS
-            else:
-                # on the tunnel's beat: its replicas' probes leave together with those of the
-                # other tunnels in its group, and the answers are read in a few wake-ups of the
-                # loop, not one per replica
-                seconds = None
-            r.hinted = False
-            await self._nap(r, seconds)
+            seconds = self._took(r, result, asked_at)
+            if seconds is None:
+                seconds = await self._probe_on_beats(r)
+            if seconds > 0:
+                await self._nap(r, seconds)
+
+    def _took(self, r: Replica, result: ReadyResult, asked_at: float) -> float | None:
+        """What a probe's answer says about ``r``, on its record and in metrics; when to probe
+        it next: in that many seconds, or None on the tunnel's beat."""
+        now = self.clock()
+        self.metrics.probe_duration.observe(now - asked_at)
+        before = r.probe_view()
+        r.probed_at, r.stale = now, False
+        if result.answered:
+            r.silent_since = None
+            r.connector_id = result.connector_id or r.connector_id
+            r.ready_connections = result.ready_connections
+            if result.ready_connections > 0:
+                if r.ready_at is None:
+                    r.ready_at = now
+                    self._log.info(
+                        "replica_ready",
+                        slot=r.rid.slot,
+                        generation=r.rid.generation,
+                        startup_seconds=round(now - r.started_at, 3),
+                    )
+                r.zero_since = None
+                if r.role is not Role.DRAINING and r.proc.token.secret:
+                    self.proven = r.proc.token
+            elif r.zero_since is None and r.ready_at is not None:
+                r.zero_since = now
+                self._wake_in(policy.prestart_after(self.timing))  # its successor starts
+                self._wake_in(self.cfg.unhealthy_after_seconds)  # UNHEALTHY at that moment
+            self._set_stopped(r, False)
+        else:
+            if r.silent_since is None:
+                r.silent_since = now
+                self._wake_in(self.daemon.unresponsive_after_seconds)  # UNRESPONSIVE then
+            if not r.stopped and r.proc.pid is not None and is_stopped(r.proc.pid):
+                self._set_stopped(r, True)  # not slow but stopped: no need to wait
+        if before != r.probe_view():
+            self.wake.set()  # a change: decide now (time-based ones have their own timers)
+        if result.answered and now - r.usage_at >= self.daemon.metrics_interval_seconds:
+            r.usage_at = now
+            if r.version is None:  # a process's version never changes
+                r.version = r.proc.version  # from its start-up line
+            if r.version is None and (
+                r.proc.adopted
+                or (r.ready_at is not None and now - r.ready_at >= VERSION_FROM_LOG_SECONDS)
+            ):
+                # not seen in its log (its start was before ours, or under a flood): asked
+                self._ask_version(r)
+            self._export_usage(r)
+        hinted, r.hinted = r.hinted, False
+        if hinted and r.ready_connections > 0:
+            return HINT_FOLLOW_UP_SECONDS
+        if r.ready_at is None and now - r.started_at < STARTING_FAST_SECONDS:
+            return STARTING_PROBE_SECONDS
+        return None
+
+    def _ask_version(self, r: Replica) -> None:
+        if r.asking_version:
+            return
+        r.asking_version = True
+
+        async def ask() -> None:
+            try:
+                version = await self.prober.version(r.proc.spec.metrics_port)
+            finally:
+                r.asking_version = False
+            r.version = r.version or version
+
+        self._start_task(ask(), f"version {r.rid}")
 
     @property
     def probe_phase(self) -> float:
         """Where in the probe interval this tunnel's group is probed (stable per name)."""
         return (zlib.crc32(self.cfg.name.encode()) % PROBE_GROUPS) / PROBE_GROUPS
 
-    async def _nap(self, r: Replica, seconds: float | None) -> None:
-        """Wait for the next probe: ``seconds``, or the tunnel's next beat (None), or less if a
-        log hint cuts it short (:meth:`_hinted`). Exits are reported by the pidfd at once."""
+    async def _nap(self, r: Replica, seconds: float) -> None:
+        """Wait ``seconds`` for the next probe, or less if a log hint cuts it short
+        (:meth:`_probe_now`). Exits are reported by the pidfd at once."""
         loop = asyncio.get_running_loop()
-        nap = r.nap = loop.create_future()
-        timer = None
-        if seconds is None:
-            self._wake_at_beat(loop, nap)
-        else:
-            timer = loop.call_later(seconds, _wake_up, nap)
+        nap: asyncio.Future[float] = loop.create_future()
+        r.nap = nap
+        timer = loop.call_later(seconds, _settle, nap, 0.0)
         try:
             await nap
         finally:
-            if timer is not None:
-                timer.cancel()
+            timer.cancel()
             r.nap = None
 
-    def _wake_at_beat(self, loop: asyncio.AbstractEventLoop, nap: asyncio.Future[None]) -> None:
-        """Resolve ``nap`` at the tunnel's next probe beat. The tunnel's replicas share one
-        timer per beat (a timer each was a tenth of a probe's cost)."""
-        interval = self.daemon.probe_interval_seconds
-        when = loop.time() + until_beat(interval, self.probe_phase)
-        key = round(when, 3)
-        naps = self._beat_naps.get(key)
-        if naps is None:
-            naps = self._beat_naps[key] = []
-            loop.call_at(when, self._beat, key)
-        naps.append(nap)
+    async def _probe_on_beats(self, r: Replica) -> float:
+        """Leave ``r`` to its tunnel's beats until one of its answers asks for another pace,
+        a hint asks for a probe now (0), its process ends (0), or handling an answer raises
+        (raised here, for the task's restart). Returns the seconds to wait before probing.
 
-    def _beat(self, key: float) -> None:
-        for nap in self._beat_naps.pop(key, ()):
-            _wake_up(nap)  # a nap a hint ended early is done already: nothing to do
+        At each beat, one timer callback sends every such replica's probe and each answer is
+        handled in the wire's callback: no task wakes up, and no future is made, per probe
+        (a task's two wake-ups and its futures were half of a steady probe's cost)."""
+        loop = asyncio.get_running_loop()
+        handback: asyncio.Future[float] = loop.create_future()
+        r.nap = handback
+        self._on_beats[r.key] = r
+        if self._beat_timer is None:
+            self._arm_beat(loop)
+        try:
+            return await handback
+        finally:
+            self._on_beats.pop(r.key, None)
+            r.nap = None
+
+    def _arm_beat(self, loop: asyncio.AbstractEventLoop) -> None:
+        delay = until_beat(self.daemon.probe_interval_seconds, self.probe_phase)
+        self._beat_timer = loop.call_later(delay, self._beat)
+
+    def _beat(self) -> None:
+        self._beat_timer = None
+        if not self._on_beats:
+            return
+        asked_at = self.clock()
+        for r in list(self._on_beats.values()):
+            if not r.proc.running:
+                self._hand_back(r, 0.0)  # its loop ends
+                continue
+            if r.beat_asked:
+                continue  # the last beat's probe is still out (it times out at the latest now)
+            r.beat_asked = True
+            self.prober.ask_ready(
+                r.proc.spec.metrics_port, functools.partial(self._beat_answer, r, asked_at)
+            )
+        if self._on_beats:
+            self._arm_beat(asyncio.get_running_loop())
+
+    def _beat_answer(self, r: Replica, asked_at: float, result: ReadyResult) -> None:
+        r.beat_asked = False
+        if self._on_beats.get(r.key) is not r or r.nap is None or r.nap.done():
+            return  # handed back to its loop meanwhile (a hint): that loop probes it itself
+        try:
+            seconds = self._took(r, result, asked_at)
+        except Exception as exc:  # for its loop's restart, as if it had raised there
+            self._on_beats.pop(r.key, None)
+            r.nap.set_exception(exc)
+            return
+        if seconds is not None:
+            self._hand_back(r, seconds)
+
+    def _hand_back(self, r: Replica, seconds: float) -> None:
+        self._on_beats.pop(r.key, None)
+        if r.nap is not None:
+            _settle(r.nap, seconds)
 
     def _hinted(self, r: Replica) -> None:
         """cloudflared logged a lost or failed connection: probe it now (and once more shortly
@@ -200,8 +262,9 @@ class Observation:
         if now - r.hinted_at < HINT_GAP_SECONDS:
             return False
         r.hinted_at = now
-        if r.nap is not None:
-            _wake_up(r.nap)
+        if r.nap is not None:  # napping, or left to the beats: its loop probes it now
+            self._on_beats.pop(r.key, None)
+            _settle(r.nap, 0.0)
         return True
 
     def _wake_in(self, seconds: float) -> None:
@@ -342,6 +405,6 @@ class Observation:
         return policy.phase_of(r, self.timing, now)
 
 
-def _wake_up(nap: asyncio.Future[None]) -> None:
+def _settle(nap: asyncio.Future[float], seconds: float) -> None:
     if not nap.done():
-        nap.set_result(None)
+        nap.set_result(seconds)

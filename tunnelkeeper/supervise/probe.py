@@ -7,9 +7,12 @@ used. Bodies are hostile input: anything unexpected is a failed probe, never an 
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tunnelkeeper.supervise.probewire import Wire, WireError
@@ -123,6 +126,39 @@ class Prober:
             status, body = await self._get(port, "/ready", MAX_BODY_BYTES)
         except ProbeError as exc:
             return ReadyResult(False, error=str(exc))
+        return self._ready_result(port, status, body)
+
+    def ask_ready(self, port: int, done: Callable[[ReadyResult], None]) -> None:
+        """:meth:`ready` for a caller that awaits nothing: ``done`` is called with the result
+        from the wire's callback (the tunnel's beat probes its replicas this way)."""
+        self._ask(port, done, retry=True)
+
+    def _ask(self, port: int, done: Callable[[ReadyResult], None], *, retry: bool) -> None:
+        wire = self._wire.get(port, "/ready", MAX_BODY_BYTES, self.timeout_seconds)
+        wire.add_done_callback(functools.partial(self._asked, port, done, retry))
+
+    def _asked(
+        self,
+        port: int,
+        done: Callable[[ReadyResult], None],
+        retry: bool,
+        wire: asyncio.Future[tuple[int, bytes]],
+    ) -> None:
+        if wire.cancelled():
+            done(ReadyResult(False, error="cancelled"))
+            return
+        exc = wire.exception()
+        if isinstance(exc, WireError):
+            if exc.stale and retry:
+                self._ask(port, done, retry=False)  # the kept-alive connection had been closed
+            else:
+                done(ReadyResult(False, error=str(exc)))
+            return
+        if exc is not None:
+            raise exc
+        done(self._ready_result(port, *wire.result()))
+
+    def _ready_result(self, port: int, status: int, body: bytes) -> ReadyResult:
         last = self._last_ready.get(port)
         if last is not None and last[0] == status and last[1] == body:
             return last[2]  # the same answer as last time (the common case): not parsed again

@@ -46,10 +46,14 @@ class Replica:
     probed_at: float | None = None  # when its probe last produced a result (None: not yet)
     stale: bool = False  # set by the supervisor: no probe result for too long
     stopped: bool = False  # stopped by a signal (see supervise/stops.py)
-    # the probe loop's wait between probes, which a log hint cuts short (None: probing now)
-    nap: asyncio.Future[None] | None = field(default=None, repr=False, compare=False)
+    # the probe loop's wait between probes (a nap, or its time on the tunnel's beats), which
+    # a log hint cuts short; its result is the seconds to wait still (None: probing now)
+    nap: asyncio.Future[float] | None = field(default=None, repr=False, compare=False)
     hinted: bool = False  # a log line asked for a probe since the last one began
     hinted_at: float = -1e18
+    beat_asked: bool = False  # a beat's probe of it is out
+    usage_at: float = -1e18  # when its CPU and memory were last exported
+    asking_version: bool = False  # /metrics is being asked for its version
     ps: psutil.Process | None = field(default=None, repr=False, compare=False)  # for its usage
 
     @property

@@ -72,7 +72,8 @@ class TunnelSupervisor(Observation, Rollout):
         self.rotation_target: str | None = None
         self.epoch = 0
         self._exported = {}
-        self._beat_naps = {}
+        self._on_beats = {}
+        self._beat_timer = None
         self.rollout_failures = 0
         self.binary: Path = cloudflared.path  # what new replicas run (see upgrade)
         self.run_as: RunAs | None = None  # who new replicas run as (see identity)
