@@ -233,16 +233,21 @@ class Daemon:
 
 
 def start_daemon(
-    config: Path, *, env: dict[str, str] | None = None, prefix: list[str] | None = None
+    config: Path,
+    *,
+    env: dict[str, str] | None = None,
+    prefix: list[str] | None = None,
+    binary: str = TUNNELKEEPER,
 ) -> Daemon:
     """``tunnelkeeper run -c config`` as a subprocess, up once /healthz answers. ``prefix`` (e.g.
-    setpriv dropping capabilities) must exec the daemon, so the pid is the daemon's."""
+    setpriv dropping capabilities) must exec the daemon, so the pid is the daemon's; ``binary``
+    another tunnelkeeper than this checkout's (the start-up bench's installed copy)."""
     text = config.read_text()
     port = int(text.split('listen = "127.0.0.1:')[1].split('"')[0])
     log_path = config.parent / "daemon.log"
     with open(log_path, "ab") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(
-            [*(prefix or []), TUNNELKEEPER, "run", "-c", str(config)],
+            [*(prefix or []), binary, "run", "-c", str(config)],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
