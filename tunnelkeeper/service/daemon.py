@@ -34,7 +34,7 @@ from tunnelkeeper.service.guards import (
     AlreadyRunning,
     forbid_core_dumps,
     lock_dirs,
-    return_free_memory,
+    settle_after_start,
 )
 from tunnelkeeper.service.httpconn import connection_cap, raise_nofile_limit
 from tunnelkeeper.service.notify import Notifier
@@ -341,7 +341,7 @@ class Daemon(Endpoints):
             self._ready_sent = True
             self.notifier.send("READY=1", f"STATUS={line}")
             log.info("daemon_ready", all_tunnels_ready=all_ready)
-            return_free_memory()  # start-up is over
+            settle_after_start()
 
 
 LAG_SAMPLE_SECONDS = 0.5

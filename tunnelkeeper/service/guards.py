@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import gc
 import os
 import resource
 from pathlib import Path
@@ -37,10 +38,16 @@ def forbid_core_dumps() -> None:
         pass  # not Linux: RLIMIT_CORE 0 still applies
 
 
-def return_free_memory() -> None:
-    """Give the C heap's free pages back to the kernel (glibc's ``malloc_trim``): what start-up
-    allocated and freed (imports, the first ticks) otherwise stays resident. Elsewhere than
-    glibc, nothing."""
+def settle_after_start() -> None:
+    """Start-up is over: collect its garbage once, then move every object it left (modules,
+    config, the replicas' records: ~45,000) out of the cyclic collector's sight
+    (``gc.freeze``), so its periodic full collections scan only what the daemon makes from now
+    on. A full collection at 100 replicas cost 12.5 ms, one pause of the event loop that every
+    probe waiting then saw. Then give the C heap's free pages back to the kernel (glibc's
+    ``malloc_trim``): what start-up allocated and freed otherwise stays resident; elsewhere
+    than glibc, that part does nothing."""
+    gc.collect()
+    gc.freeze()
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
