@@ -1,9 +1,10 @@
 """Per-tunnel supervision: observe replicas (:mod:`.observe`), ask :mod:`.policy` what to do,
 do it (here).
 
-Each replica has a probe task that polls its /ready (fast while starting, every
-``probe_interval_seconds`` after) and wakes the daemon loop when something changes; exits wake
-it at once. ``converge`` is called from that single loop, so state has one writer.
+Each replica's /ready is polled (by its own probe task while it starts or after a log hint,
+then by its tunnel's beat every ``probe_interval_seconds``: see probing.py) and the daemon
+loop is woken when something changes; exits wake it at once. ``converge`` is called from that
+single loop, so state has one writer.
 
 Over 300 lines because the acting half of the supervisor (the observing half is observe.py, the
 roll bookkeeping rollout.py).
