@@ -172,8 +172,8 @@ class Probing:
         (raised here, for the task's restart). Returns the seconds to wait before probing.
 
         At each beat, one timer callback sends every such replica's probe and each answer is
-        handled in the wire's callback: no task wakes up, and no future is made, per probe
-        (a task's two wake-ups and its futures were half of a steady probe's cost)."""
+        handled in the wire's callback: per probe, no task wakes up and no nap is made (the
+        task's two wake-ups and its nap were half of a steady probe's cost)."""
         loop = asyncio.get_running_loop()
         handback: asyncio.Future[float] = loop.create_future()
         r.nap = handback
@@ -222,6 +222,7 @@ class Probing:
             self._hand_back(r, seconds)
 
     def _hand_back(self, r: Replica, seconds: float) -> None:
+        """End ``r``'s wait, on the beats or in a nap: its loop goes on in ``seconds``."""
         self._on_beats.pop(r.key, None)
         if r.nap is not None:
             _settle(r.nap, seconds)
@@ -251,9 +252,7 @@ class Probing:
         if now - r.hinted_at < HINT_GAP_SECONDS:
             return False
         r.hinted_at = now
-        if r.nap is not None:  # napping, or left to the beats: its loop probes it now
-            self._on_beats.pop(r.key, None)
-            _settle(r.nap, 0.0)
+        self._hand_back(r, 0.0)  # napping, or left to the beats: its loop probes it now
         return True
 
 
