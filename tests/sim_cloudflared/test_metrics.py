@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.sim_cloudflared.conftest import CfProc, Spawn
@@ -118,3 +120,32 @@ def test_metrics_text_parses_with_promtool(cf: CfProc, tmp_path: Path) -> None:
 def test_unknown_path_is_404_and_pprof_cmdline_is_forbidden(cf: CfProc) -> None:
     assert cf.get("/nope").status_code == 404
     assert cf.get("/debug/pprof/cmdline").status_code == 403
+
+
+def test_http_keep_alive_head_and_methods_like_gos_server(cf: CfProc) -> None:
+    """One kept-alive connection answers request after request (the daemon's probes reuse
+    theirs); HEAD has the headers without a body; a method Go's mux has no route for is 404."""
+    with httpx.Client() as client:
+        first = client.get(cf.url("/ready"))
+        second = client.get(cf.url("/ready"))
+        assert first.status_code == second.status_code == 503
+        assert second.json()["readyConnections"] == 0
+        assert first.headers["content-type"] == "application/json; charset=utf-8"
+        assert "date" in first.headers
+        head = client.head(cf.url("/healthcheck"))
+        assert (head.status_code, head.content, head.headers["content-length"]) == (200, b"", "3")
+        assert client.post(cf.url("/ready")).status_code == 404
+        metrics = client.get(cf.url("/metrics"))
+        assert metrics.headers["x-content-type-options"] == "nosniff"
+        assert metrics.headers["content-type"] == "text/plain; charset=utf-8"
+
+
+def test_unparsable_request_is_400_and_closes(cf: CfProc) -> None:
+    host, _, port = cf.metrics.rpartition(":")
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=5) as sock:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert data.endswith(b"400 Bad Request")

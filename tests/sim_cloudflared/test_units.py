@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -127,3 +129,17 @@ def test_console_log_quotes_values_like_zerolog() -> None:
     assert line.endswith(' ERR Serve tunnel error connIndex=0 error="a b"')
     record = json.loads(CfLogger("json").format("info", "m", {"b": 1, "a": 2}))
     assert list(record) == ["a", "b", "level", "message", "time"]
+
+
+def test_the_way_to_the_first_edge_connection_does_not_import_aiohttp() -> None:
+    """aiohttp's import was ~0.2 s of the simulator's ~0.3 s start; the origin proxy loads it
+    later. The modules `tunnel run` imports before it registers must not."""
+    code = (
+        "import sys\n"
+        "from tunnelkeeper.sim import cloudflared, cflog, cfserve, connector\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'yarl')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"

@@ -1,25 +1,21 @@
-"""cloudflared-sim metrics server: /ready, /healthcheck, /metrics, /diag/tunnel, /quicktunnel.
+"""cloudflared-sim's metrics: the state behind /ready, /metrics and /diag/tunnel, the Prometheus
+text, and the listener (its address rules and Go's error texts). Serving is in
+:mod:`~tunnelkeeper.sim.cfserve`.
 
 The Prometheus text is written here from a small registry of values so that the family
 names are cloudflared's own: Go's client names counters without a ``_total`` suffix
 (``cloudflared_tunnel_total_requests``), which prometheus_client would rename.
-
-Over 300 lines because the metric families must be written together to match cloudflared's
-exposition.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import resource
 import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Any
-
-from aiohttp import web
 
 from tunnelkeeper.promtext import label_text
 
@@ -205,52 +201,6 @@ def diag_tunnel(s: TunnelState) -> dict[str, Any]:
     return body
 
 
-def _json(status: int, body: dict[str, Any]) -> web.Response:
-    return web.Response(
-        status=status,
-        text=json.dumps(body, separators=(",", ":")) + "\n",
-        content_type="application/json",
-    )
-
-
-def build_app(s: TunnelState) -> web.Application:
-    async def ready(_: web.Request) -> web.Response:
-        return _json(*ready_body(s))
-
-    async def healthcheck(_: web.Request) -> web.Response:
-        return web.Response(text="OK\n")
-
-    async def metrics(_: web.Request) -> web.Response:
-        s.scrapes["200"] = s.scrapes.get("200", 0) + 1
-        return web.Response(
-            text=render_metrics(s),
-            content_type="text/plain",
-            headers={"X-Content-Type-Options": "nosniff"},
-        )
-
-    async def tunnel(_: web.Request) -> web.Response:
-        return _json(200, diag_tunnel(s))
-
-    async def quicktunnel(_: web.Request) -> web.Response:
-        return _json(200, {"hostname": ""})
-
-    async def cmdline(_: web.Request) -> web.Response:
-        return web.Response(status=403, text="Forbidden\n")
-
-    async def not_found(_: web.Request) -> web.Response:
-        return web.Response(status=404, text="404 page not found\n")
-
-    app = web.Application()
-    app.router.add_get("/ready", ready)
-    app.router.add_get("/healthcheck", healthcheck)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/diag/tunnel", tunnel)
-    app.router.add_get("/quicktunnel", quicktunnel)
-    app.router.add_get("/debug/pprof/cmdline", cmdline)
-    app.router.add_route("*", "/{tail:.*}", not_found)
-    return app
-
-
 def split_host_port(addr: str) -> tuple[str, int]:
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
@@ -302,20 +252,3 @@ def open_default_listener() -> socket.socket:
 def listener_address(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-class MetricsServer:
-    def __init__(self, state: TunnelState, sock: socket.socket) -> None:
-        self._state = state
-        self._sock = sock
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        self._runner = web.AppRunner(build_app(self._state), access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await web.SockSite(self._runner, self._sock).start()
-
-    async def aclose(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None

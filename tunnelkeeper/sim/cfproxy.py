@@ -1,22 +1,26 @@
 """cloudflared-sim's origin proxy: turn an edge ``request`` into an HTTP request to the origin.
 
 One pooled aiohttp client session for all connections; many requests in flight at once.
-The outcome goes back as ``response`` or, when the origin cannot be reached (or answers with
-more than 12 MiB), ``origin_error``. Fields from the edge are validated before use.
+aiohttp is imported when the first request comes, or a moment after the first registration
+(``warm_up``, in a thread: the event loop keeps answering meanwhile), not at start: its import
+was most of the simulator's start-up time. The outcome goes back as ``response`` or, when the
+origin cannot be reached (or answers with more than 12 MiB), ``origin_error``. Fields from the
+edge are validated before use.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import re
 from collections.abc import Callable, Coroutine
-from typing import Any
-
-import aiohttp
-from yarl import URL
+from typing import TYPE_CHECKING, Any
 
 from tunnelkeeper.sim import protocol
 from tunnelkeeper.sim.cfmetrics import TunnelState
+
+if TYPE_CHECKING:
+    import aiohttp
 
 MAX_ORIGIN_BODY_BYTES = 12 * 1024 * 1024
 ORIGIN_CONNECT_TIMEOUT_SECONDS = 30.0
@@ -30,6 +34,18 @@ class OriginProxy:
         self.state = state
         self._session: aiohttp.ClientSession | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self._warming: asyncio.Future[object] | None = None
+
+    def warm_up(self, delay_seconds: float) -> None:
+        """Import aiohttp in a thread after delay_seconds, so the first request does not wait
+        for it and the import does not compete with the start-up."""
+
+        def start() -> None:
+            if self._warming is None:
+                loop = asyncio.get_running_loop()
+                self._warming = loop.run_in_executor(None, importlib.import_module, "aiohttp")
+
+        asyncio.get_running_loop().call_later(delay_seconds, start)
 
     @property
     def inflight(self) -> int:
@@ -66,6 +82,8 @@ class OriginProxy:
             await self._session.close()
 
     def _client(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0),
@@ -83,6 +101,9 @@ class OriginProxy:
         body: bytes,
         reply: Reply,
     ) -> None:
+        import aiohttp
+        from yarl import URL
+
         s = self.state
         s.total_requests += 1
         s.concurrent_requests += 1

@@ -29,13 +29,12 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from tunnelkeeper.sim import protocol
 from tunnelkeeper.sim.cflog import CfLogger, go_duration
 from tunnelkeeper.sim.cfmetrics import Connection, TunnelState
 from tunnelkeeper.sim.cfproxy import OriginProxy
 from tunnelkeeper.sim.flood import can_flood, flood_until_reachable
+from tunnelkeeper.sim.wsclient import HandshakeRejected, WsClient
 
 RPC_NAME = "registerConnection"
 REGISTER_TIMEOUT_SECONDS = 5.0
@@ -69,7 +68,7 @@ class ConnectorConfig:
 @dataclass
 class _Link:
     index: int
-    ws: aiohttp.ClientWebSocketResponse
+    ws: WsClient
     origin_url: str
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # set when the edge confirms "unregister": it sends no request on this link after that
@@ -106,19 +105,15 @@ class Connector:
         self._ever_registered = asyncio.Event()
         self._links: dict[int, _Link] = {}
         self._loops: set[asyncio.Task[None]] = set()
-        self._edge_session: aiohttp.ClientSession | None = None
         self.proxy = OriginProxy(state)
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def run(self) -> None:
         """Start connection 0, then 1..N-1 one second apart once 0 has registered."""
-        self._edge_session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, force_close=True),
-            timeout=aiohttp.ClientTimeout(total=None),
-        )
         self._start_loop(0)
         await self._ever_registered.wait()
+        self.proxy.warm_up(REGISTRATION_INTERVAL_SECONDS)
         for index in range(1, self.cfg.ha_connections):
             await asyncio.sleep(REGISTRATION_INTERVAL_SECONDS)
             if self.is_draining:
@@ -173,8 +168,6 @@ class Connector:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.proxy.aclose()
-        if self._edge_session is not None:
-            await self._edge_session.close()
 
     # -- one connection index ----------------------------------------------------------
 
@@ -190,7 +183,7 @@ class Connector:
                 try:
                     await self._serve_once(index, edge)
                     return  # ended because we are draining
-                except (AttemptFailed, aiohttp.ClientError, OSError, RuntimeError) as raw:
+                except (AttemptFailed, OSError, RuntimeError) as raw:
                     exc = raw if isinstance(raw, AttemptFailed) else AttemptFailed(str(raw))
                     if self.is_draining:
                         return
@@ -220,26 +213,26 @@ class Connector:
             self.state.ha_connections -= 1
 
     async def _serve_once(self, index: int, edge: str) -> None:
-        assert self._edge_session is not None
-        url = f"http://{edge}{protocol.CONNECT_PATH}"
+        host, _, port = edge.rpartition(":")
         try:
             async with asyncio.timeout(self.cfg.register_timeout_seconds):
-                ws = await self._edge_session.ws_connect(
-                    url,
-                    max_msg_size=protocol.MAX_MESSAGE_BYTES,
-                    timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
-                    heartbeat=HEARTBEAT_SECONDS,  # like QUIC's idle timeout
+                ws = await WsClient.connect(
+                    host.strip("[]"),
+                    int(port),
+                    protocol.CONNECT_PATH,
+                    max_message_bytes=protocol.MAX_MESSAGE_BYTES,
+                    heartbeat_seconds=HEARTBEAT_SECONDS,  # like QUIC's idle timeout
                 )
         except TimeoutError:
             raise AttemptFailed(
                 "failed to dial to edge with quic: timeout: no recent network activity",
                 is_dial=True,
             ) from None
-        except aiohttp.WSServerHandshakeError as exc:
+        except HandshakeRejected as exc:
             raise AttemptFailed(
                 f"failed to dial to edge with quic: handshake status {exc.status}", is_dial=True
             ) from None
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:
             raise AttemptFailed(
                 f"failed to dial to edge with quic: {_dial_text(exc, edge)}", is_dial=True
             ) from None
@@ -250,7 +243,7 @@ class Connector:
             self._forget(index)
             await ws.close()
 
-    async def _register(self, index: int, ws: aiohttp.ClientWebSocketResponse) -> _Link:
+    async def _register(self, index: int, ws: WsClient) -> _Link:
         hello = {
             "type": "register",
             "token": self.cfg.token_text,
@@ -263,16 +256,16 @@ class Connector:
         }
         try:
             async with asyncio.timeout(self.cfg.register_timeout_seconds):
-                await ws.send_str(protocol.encode(hello))
-                msg = await ws.receive()
+                await ws.send_text(protocol.encode(hello))
+                text = await ws.receive()
         except TimeoutError:
             raise AttemptFailed("register tunnel: context deadline exceeded") from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             raise AttemptFailed(f"register tunnel: {exc}") from None
-        if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+        if text is None:
             raise AttemptFailed("register tunnel: connection closed by edge")
         try:
-            reply = protocol.decode(msg.data)
+            reply = protocol.decode(text)
             if reply["type"] == "error":
                 error = protocol.field_str(reply, "error")
             elif reply["type"] == "registered":
@@ -289,9 +282,7 @@ class Connector:
         )
         raise AttemptFailed(error)
 
-    def _registered(
-        self, index: int, ws: aiohttp.ClientWebSocketResponse, reply: dict[str, Any]
-    ) -> _Link:
+    def _registered(self, index: int, ws: WsClient, reply: dict[str, Any]) -> _Link:
         conn_id = protocol.field_str(reply, "connection_id")
         location = protocol.field_str(reply, "location", "sim01")
         ip = protocol.field_str(reply, "ip", "127.0.0.1")
@@ -328,11 +319,9 @@ class Connector:
             self.log.info("Connection terminated", connIndex=index)
 
     async def _serve(self, link: _Link) -> None:
-        async for msg in link.ws:
-            if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                break
+        while (text := await link.ws.receive()) is not None:
             try:
-                message = protocol.decode(msg.data)
+                message = protocol.decode(text)
             except protocol.ProtocolError as exc:
                 self.log.warn(
                     "Ignoring malformed message from edge", connIndex=link.index, error=str(exc)
@@ -343,9 +332,12 @@ class Connector:
             elif message["type"] == "unregistered":
                 link.unregistered.set()
         if not self.is_draining:
-            idle = isinstance(link.ws.exception(), aiohttp.ServerTimeoutError | TimeoutError)
-            text = "timeout: no recent network activity" if idle else "connection closed by edge"
-            raise AttemptFailed(text, was_registered=True)
+            error = (
+                "timeout: no recent network activity"
+                if link.ws.timed_out
+                else "connection closed by edge"
+            )
+            raise AttemptFailed(error, was_registered=True)
 
     async def _on_request(self, link: _Link, msg: dict[str, Any]) -> None:
         try:
@@ -366,8 +358,8 @@ class Connector:
 
     async def _send(self, link: _Link, message: dict[str, Any]) -> None:
         async with link.lock:
-            with contextlib.suppress(aiohttp.ClientError, OSError, RuntimeError):
-                await link.ws.send_str(protocol.encode(message))
+            with contextlib.suppress(OSError, RuntimeError):
+                await link.ws.send_text(protocol.encode(message))
 
 
 def _dial_text(exc: BaseException, edge: str) -> str:
