@@ -111,7 +111,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd == "run":
-        from tunnelkeeper.service.noopenssl import import_stdlib_without_openssl
+        import gc
+
+        # Start-up makes ~45,000 objects that live as long as the daemon; the cyclic collector
+        # would scan them ~50 times over while they are made (12 ms). The daemon collects once
+        # and freezes them when its replicas are up (service/guards.py: settle_after_start).
+        gc.disable()
+        from tunnelkeeper.noopenssl import import_stdlib_without_openssl
 
         import_stdlib_without_openssl()  # first: anything below may import them
         from tunnelkeeper.service.daemon import run_command

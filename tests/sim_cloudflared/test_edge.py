@@ -211,3 +211,33 @@ def test_grace_period_bounds_the_drain(spawn: Spawn, sim: Sim) -> None:
     assert cf.wait_exit(timeout=20) == 0  # long before the 40 s request could finish
     assert "Tunnel server stopped" in cf.messages()
     assert slow.result(timeout=30).status_code != 200
+
+
+def test_reaches_the_edge_without_aiohttp_or_openssl_then_warms_its_proxy(
+    spawn: Spawn, sim: Sim
+) -> None:
+    """Start-up cost: nothing on the way to the first registration loads aiohttp or OpenSSL
+    (the import report and the log share stderr, so their order is the order of events); the
+    origin proxy loads aiohttp a moment later, before any request asks for it."""
+    cf = _start(spawn, sim, "portal", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    cf.wait_record("Registered tunnel connection")
+
+    def imports() -> tuple[set[str], set[str]]:
+        before: set[str] = set()
+        after: set[str] = set()
+        seen = before
+        for line in cf.stderr.snapshot():
+            text = line.decode(errors="replace")
+            if "Registered tunnel connection" in text:
+                seen = after
+            elif text.startswith("import time:") and "|" in text:
+                seen.add(text.rsplit("|", 1)[1].strip())
+        return before, after
+
+    wait_until(lambda: "aiohttp" in imports()[1], timeout=20, what="the proxy's warm-up")
+    before = imports()[0]
+    assert "tunnelkeeper.sim.connector" in before  # the report is there
+    # a hidden module shows as a failed import of itself (`ssl`), never of the `_ssl` behind it
+    early = {m for m in before if m.split(".")[0] in ("aiohttp", "yarl", "_ssl")}
+    assert not early, f"loaded before the first registration: {sorted(early)}"
+    assert _get(sim, "portal", "/echo?x=1").status_code == 200

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.system
 # HTTP client of the Cloudflare API and the secrets managers, the AWS SDK, the scheduler, and
 # prometheus_client (the daemon writes its exposition itself and reads a replica's version
 # from its start-up line)
-# and OpenSSL's TLS module (service/noopenssl.py): a hidden `ssl` shows in the report as a
+# and OpenSSL's TLS module (tunnelkeeper/noopenssl.py): a hidden `ssl` shows in the report as a
 # failed import of `ssl`, never of the `_ssl` extension behind it
 NOT_LOADED = (
     "aiohttp", "httpx", "boto3", "botocore", "apscheduler", "prometheus_client", "_ssl",
@@ -53,6 +53,11 @@ def test_a_running_daemon_loads_none_of_the_libraries_its_config_does_not_use(
     assert "tunnelkeeper.service.daemon" in modules  # the report is there
     loaded = {m for m in modules if m.split(".")[0] in NOT_LOADED}
     assert not loaded, f"loaded without being configured: {sorted(loaded)}"
+    # the replicas start first: alerting and the API tasks load while they connect
+    before_spawn = imported(d.output().split('"replica_spawned"', 1)[0])
+    assert "tunnelkeeper.supervise.supervisor" in before_spawn
+    assert not {"tunnelkeeper.alerts.pipeline", "tunnelkeeper.service.apitasks"} & before_spawn
+    assert {"tunnelkeeper.alerts.pipeline", "tunnelkeeper.service.apitasks"} <= modules
 
 
 def test_a_daemon_started_without_openssl_reads_its_token_from_vault_over_tls(

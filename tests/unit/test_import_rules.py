@@ -26,6 +26,7 @@ FOUNDATION = {
     "tasks",
     "httpreply",
     "promtext",
+    "noopenssl",
     "",
 }
 RANK = {

@@ -1,4 +1,4 @@
-"""The daemon's standard library without OpenSSL (tunnelkeeper/service/noopenssl.py).
+"""The daemon's standard library without OpenSSL (tunnelkeeper/noopenssl.py).
 
 Each case runs a fresh interpreter: what is imported, and what is mapped, is per process.
 """
@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 DAEMON_IMPORTS = (
-    "from tunnelkeeper.service.noopenssl import import_stdlib_without_openssl\n"
+    "from tunnelkeeper.noopenssl import import_stdlib_without_openssl\n"
     "import_stdlib_without_openssl()\n"
 )
 

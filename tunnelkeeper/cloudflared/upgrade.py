@@ -15,14 +15,17 @@ import asyncio
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
-from tunnelkeeper.alerts import Condition
 from tunnelkeeper.cloudflared.install import InstallError, install_cloudflared
 from tunnelkeeper.cloudflared.versions import CloudflaredVersion, VersionError, is_outdated
 from tunnelkeeper.config.model import CloudflaredConfig
 from tunnelkeeper.supervise.supervisor import TunnelSupervisor
+
+if TYPE_CHECKING:
+    from tunnelkeeper.alerts import Condition
 
 log = structlog.get_logger("tunnelkeeper.upgrade")
 
@@ -106,6 +109,8 @@ class Upgrader:
             log.error("cloudflared_switch_failed", error=str(exc))
 
     def conditions(self) -> list[Condition]:
+        from tunnelkeeper.alerts import Condition  # alerting loads after the replicas start
+
         out = []
         install = self.cloudflared.install
         for sup in self._sups.values():

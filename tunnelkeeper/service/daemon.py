@@ -17,18 +17,15 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from tunnelkeeper import __version__
-from tunnelkeeper.alerts import AlertPipeline
-from tunnelkeeper.alerts.conditions import tunnel_conditions
 from tunnelkeeper.cloudflared.upgrade import Upgrader
 from tunnelkeeper.config.model import Config
 from tunnelkeeper.logconfig import configure
 from tunnelkeeper.metrics import Metrics
-from tunnelkeeper.service.apitasks import ApiTasks
 from tunnelkeeper.service.endpoints import Endpoints
 from tunnelkeeper.service.guards import (
     AlreadyRunning,
@@ -51,6 +48,9 @@ from tunnelkeeper.supervise.ledger import LedgerWriter
 from tunnelkeeper.supervise.ports import PortAllocator
 from tunnelkeeper.supervise.probe import Prober
 from tunnelkeeper.tasks import keep_running, until_beat
+
+if TYPE_CHECKING:
+    from tunnelkeeper.alerts.notification import Condition
 
 log = structlog.get_logger("tunnelkeeper.daemon")
 
@@ -77,7 +77,6 @@ class Daemon(Endpoints):
             wake=self.wake,
             clock=clock,
         )
-        self.api_tasks = ApiTasks(config, self.tunnels, self.metrics, clock=clock)
         self.upgrader = Upgrader(config.cloudflared, config.daemon.state_dir)
         self.ledger = LedgerWriter(config.daemon.state_dir / "replicas.json")
         self._ready_sent = False
@@ -87,17 +86,7 @@ class Daemon(Endpoints):
         self._background: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
         self._status_line = ""
-        self.alerts = AlertPipeline(
-            config.daemon.host,
-            config.alerts,
-            config.daemon.state_dir,
-            self.metrics,
-            clock=clock,
-            generator_url=f"http://{config.daemon.listen}/status",
-            resolve_hold_seconds=config.alerts.resolve_hold_seconds,
-            resend_interval_seconds=config.alerts.resend_interval_seconds,
-        )
-        self.api_tasks.on_fleet_polled = self.alerts.confirm
+        self.services_started = False  # alerts and API tasks: see _start_services
         self.web = DaemonWeb(
             metrics=self.metrics.exposition,
             healthz=self.healthz,
@@ -176,22 +165,23 @@ class Daemon(Endpoints):
         return self.exit_code
 
     async def _start(self, cfg: Config) -> None:
+        """The replicas first: they take longest to be ready (their edge connections). What
+        they do not need (alerting, the API tasks) loads once they are ready or a second has
+        passed (``_start_services``), not on the same two cores while they start: the replicas
+        run niced, so the daemon's imports would come first and delay them."""
         for t in cfg.tunnels:
             self.tunnels.add(t)
-        for sink in cfg.alerts.sinks:
-            self.metrics.declare_sink(sink.name)
         adopted, stopped = adopt_all(self.ledger.path, self.tunnels.sups, cfg.daemon.runtime_dir)
         if adopted or stopped:
             log.info("replicas_adopted", adopted=adopted, stopped=stopped)
         self.ledger.write(self.tunnels.replicas())
         self.upgrader.attach(self.tunnels.sups)
         await self.upgrader.prepare(cfg.cloudflared)
-        await self.alerts.start()
-        await self.api_tasks.start()
-        lag = keep_running("loop_lag", self._sample_lag, self.metrics)
-        self._background.add(asyncio.create_task(lag, name="loop lag"))
         for feed in self.tunnels.feeds.values():
             await feed.start()
+        self._converge()
+        lag = keep_running("loop_lag", self._sample_lag, self.metrics)
+        self._background.add(asyncio.create_task(lag, name="loop lag"))
         problem = self.tunnels.separation_problem
         if self.tunnels.separated:
             log.log(
@@ -216,18 +206,51 @@ class Daemon(Endpoints):
             tunnels=[t.name for t in cfg.tunnels],
         )
 
+    async def _start_services(self, cfg: Config) -> None:
+        """Alerting and the Cloudflare API tasks, imported here and not at start-up. Then
+        start-up is over: its garbage is collected once and what it left is frozen."""
+        from tunnelkeeper.alerts import AlertPipeline
+        from tunnelkeeper.service.apitasks import ApiTasks
+
+        for sink in cfg.alerts.sinks:
+            self.metrics.declare_sink(sink.name)
+        self.api_tasks = ApiTasks(cfg, self.tunnels, self.metrics, clock=self.clock)
+        self.alerts = AlertPipeline(
+            cfg.daemon.host,
+            cfg.alerts,
+            cfg.daemon.state_dir,
+            self.metrics,
+            clock=self.clock,
+            generator_url=f"http://{cfg.daemon.listen}/status",
+            resolve_hold_seconds=cfg.alerts.resolve_hold_seconds,
+            resend_interval_seconds=cfg.alerts.resend_interval_seconds,
+        )
+        self.api_tasks.on_fleet_polled = self.alerts.confirm
+        self.services_started = True
+        await self.alerts.start()
+        await self.api_tasks.start()
+        settle_after_start()
+        log.info("services_started", after_seconds=round(self.clock() - self.started_at, 3))
+
+    def _converge(self) -> None:
+        self.tunnels.converge(on_error=converge_failed(self.metrics))
+        # before anything awaits: every spawned replica is on record
+        self.ledger.write(self.tunnels.replicas())
+
     async def _loop(self) -> None:
         interval = self.config.daemon.probe_interval_seconds
         watchdog = self.notifier.watchdog_interval_seconds()
         last_watchdog = 0.0
         while not self.stop_requested.is_set():
-            self.tunnels.converge(on_error=converge_failed(self.metrics))
+            self._converge()
             self.unknown_replicas = tuple(str(r.rid) for r in self.tunnels.replicas() if r.stale)
-            # before anything awaits: every spawned replica is on record
-            self.ledger.write(self.tunnels.replicas())
             await self.upgrader.tick()
             self._observe_alerts()
             self._notify_systemd()
+            if not self.services_started and (
+                self._ready_sent or self.clock() - self.started_at >= SERVICES_AFTER_SECONDS
+            ):
+                await self._start_services(self.config)
             await self._repair_runtime_dir()
             now = self.clock()
             self.last_tick_at = now
@@ -238,7 +261,10 @@ class Daemon(Endpoints):
             # the next tick: the interval, a change (exit, probe, log hint), or the moment an
             # alert's hold runs out (so a page leaves then, not at the tick after)
             timeout = until_beat(interval)  # with the probes: one wake-up for both
-            deadline = self.alerts.next_deadline()
+            if self.services_started:
+                deadline = self.alerts.next_deadline()
+            else:
+                deadline = self.started_at + SERVICES_AFTER_SECONDS
             if deadline is not None:
                 timeout = min(timeout, max(0.0, deadline - self.clock()) + DEADLINE_SLACK_SECONDS)
             waiter = asyncio.ensure_future(self.wake.wait())
@@ -260,7 +286,8 @@ class Daemon(Endpoints):
         # Each step on its own: one that fails must not skip the drain or the rest.
         for feed in self.tunnels.feeds.values():
             await quietly("token feed", feed.aclose())
-        await quietly("api tasks", self.api_tasks.aclose())
+        if self.services_started:
+            await quietly("api tasks", self.api_tasks.aclose())
         if self.handover:
             self.ledger.write(self.tunnels.replicas())
             for sup in self.tunnels.sups.values():
@@ -272,7 +299,8 @@ class Daemon(Endpoints):
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        await quietly("alerts", self.alerts.aclose())
+        if self.services_started:
+            await quietly("alerts", self.alerts.aclose())
         await quietly("web", self.web.aclose())
         await quietly("prober", self.prober.aclose())
         log.info("daemon_stopped")
@@ -315,8 +343,12 @@ class Daemon(Endpoints):
         task.add_done_callback(self._background.discard)
 
     def _observe_alerts(self) -> None:
+        if not self.services_started:
+            return  # the conditions are observed from the first tick after they start
+        from tunnelkeeper.alerts.conditions import tunnel_conditions
+
         now = self.clock()
-        conditions = []
+        conditions: list[Condition] = []
         for name, sup in self.tunnels.sups.items():
             conditions += tunnel_conditions(
                 sup, now, source_unavailable=self.tunnels.feeds[name].unavailable
@@ -341,10 +373,11 @@ class Daemon(Endpoints):
             self._ready_sent = True
             self.notifier.send("READY=1", f"STATUS={line}")
             log.info("daemon_ready", all_tunnels_ready=all_ready)
-            settle_after_start()
 
 
 LAG_SAMPLE_SECONDS = 0.5
+# alerting and the API tasks start once every tunnel has a ready replica, or after this long
+SERVICES_AFTER_SECONDS = 1.0
 # past an alert's deadline by this much, so the evaluation at the wake-up sees it due
 DEADLINE_SLACK_SECONDS = 0.001
 # sysexits.h EX_CONFIG: the unit's RestartPreventExitStatus= stops systemd from restarting a

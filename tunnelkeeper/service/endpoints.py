@@ -9,19 +9,21 @@ import os
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from tunnelkeeper import __version__
-from tunnelkeeper.alerts import AlertPipeline
 from tunnelkeeper.cloudflared.upgrade import Upgrader
 from tunnelkeeper.config.model import Config
-from tunnelkeeper.service.apitasks import ApiTasks
 from tunnelkeeper.service.notify import Notifier
 from tunnelkeeper.service.reload import reconfigure
 from tunnelkeeper.service.statusview import tunnel_status
 from tunnelkeeper.service.tunnelset import TunnelSet
+
+if TYPE_CHECKING:
+    from tunnelkeeper.alerts import AlertPipeline
+    from tunnelkeeper.service.apitasks import ApiTasks
 
 log = structlog.get_logger("tunnelkeeper.daemon")
 
@@ -30,6 +32,8 @@ class Endpoints:
     config: Config
     clock: Callable[[], float]
     tunnels: TunnelSet
+    # started a moment after the replicas (Daemon._start_services); the listeners come first
+    services_started: bool
     alerts: AlertPipeline
     api_tasks: ApiTasks
     started_at: float
@@ -63,7 +67,8 @@ class Endpoints:
 
     def status(self) -> dict[str, Any]:
         now = self.clock()
-        fleet = self.api_tasks.fleet
+        started = self.services_started
+        fleet = self.api_tasks.fleet if started else None
         return {
             "version": __version__,
             "host": self.config.daemon.host,
@@ -73,11 +78,11 @@ class Endpoints:
             "tunnels": [tunnel_status(s, now) for s in self.tunnels.sups.values()],
             "alerts_firing": sorted(
                 "/".join([a.alertname, *(a.labels[k] for k in ("tunnel", "slot") if k in a.labels)])
-                for a in self.alerts.firing()
+                for a in (self.alerts.firing() if started else ())
             ),
-            "alerts": self.alerts.status(),
+            "alerts": self.alerts.status() if started else None,
             "fleet": fleet.snapshot() if fleet is not None else None,
-            "fleet_error": self.api_tasks.fleet_error,
+            "fleet_error": self.api_tasks.fleet_error if started else None,
         }
 
     async def rotate(self, tunnel: str | None, force: bool) -> dict[str, Any]:

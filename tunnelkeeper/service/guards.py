@@ -45,9 +45,11 @@ def settle_after_start() -> None:
     on. A full collection at 100 replicas cost 12.5 ms, one pause of the event loop that every
     probe waiting then saw. Then give the C heap's free pages back to the kernel (glibc's
     ``malloc_trim``): what start-up allocated and freed otherwise stays resident; elsewhere
-    than glibc, that part does nothing."""
+    than glibc, that part does nothing. The collector, paused for start-up (``run`` in
+    cli.py), runs again from here."""
     gc.collect()
     gc.freeze()
+    gc.enable()
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):

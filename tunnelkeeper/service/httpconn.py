@@ -14,9 +14,12 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import h11
 import structlog
+
+if TYPE_CHECKING:
+    import h11
 
 REQUEST_SECONDS = 10.0  # from a request's first byte (or the connection) to its last
 IDLE_SECONDS = 60.0  # keep-alive between requests (Prometheus scrapes every 15 s or so)
@@ -92,6 +95,8 @@ class ConnectionPool:
         return True
 
     async def _serve(self, conn: _Conn, reader: asyncio.StreamReader) -> None:
+        import h11  # loaded with the first connection, not at the daemon's start
+
         h = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         while True:
             # idle until a request starts, then REQUEST_SECONDS for the whole of it
@@ -144,6 +149,8 @@ class ConnectionPool:
             conn.idle_since = time.monotonic()
 
     async def _reply(self, h: h11.Connection, conn: _Conn, reply: Reply) -> None:
+        import h11
+
         headers = [
             ("Content-Type", reply.content_type),
             ("Content-Length", str(len(reply.body))),

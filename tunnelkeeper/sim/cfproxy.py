@@ -11,7 +11,6 @@ edge are validated before use.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import re
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -43,7 +42,7 @@ class OriginProxy:
         def start() -> None:
             if self._warming is None:
                 loop = asyncio.get_running_loop()
-                self._warming = loop.run_in_executor(None, importlib.import_module, "aiohttp")
+                self._warming = loop.run_in_executor(None, _load_aiohttp)
 
         asyncio.get_running_loop().call_later(delay_seconds, start)
 
@@ -135,6 +134,10 @@ class OriginProxy:
                 "body": protocol.body_text(data),
             }
         )
+
+
+def _load_aiohttp() -> None:
+    import aiohttp  # noqa: F401
 
 
 async def _read_limited(resp: aiohttp.ClientResponse) -> bytes:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import os
 import signal
@@ -58,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_tunnel(opts: Options, run_values: dict[str, Any], positional: list[str]) -> int:
     """`tunnel run`: check the token, log, bind metrics, then serve until a signal."""
+    import gc
+
+    from tunnelkeeper.noopenssl import import_stdlib_without_openssl
+
+    gc.disable()  # start-up's objects all live on: re-enabled a second into the run (_serve)
+    import_stdlib_without_openssl()  # before asyncio: the simulator has no use for OpenSSL
     import asyncio
 
     from tunnelkeeper.sim.cflog import CfLogger
@@ -195,6 +200,8 @@ def validate_token(text: str) -> str:
 
 def _checksum() -> str:
     """sha256 of the running program: the console script, else the interpreter."""
+    import hashlib
+
     path = sys.argv[0] if os.path.isfile(sys.argv[0]) else sys.executable
     digest = hashlib.sha256()
     try:
@@ -210,6 +217,7 @@ async def _serve(
     opts: Options, token_text: str, state: TunnelState, sock: socket.socket, log: CfLogger
 ) -> int:
     import asyncio
+    import gc
 
     from tunnelkeeper.sim.cfmetrics import listener_address
     from tunnelkeeper.sim.cfserve import MetricsServer
@@ -228,6 +236,7 @@ async def _serve(
 
     loop.add_signal_handler(signal.SIGTERM, on_signal, "terminated")
     loop.add_signal_handler(signal.SIGINT, on_signal, "interrupt")
+    loop.call_later(1.0, gc.enable)
     metrics = MetricsServer(state, sock)
     await metrics.start()
     log.info(f"Starting metrics server on {listener_address(sock)}/metrics")

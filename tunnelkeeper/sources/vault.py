@@ -174,7 +174,7 @@ class VaultSource(TokenSource):
         )
         if not ca:
             return True
-        import ssl  # the daemon runs without it until needed (service/noopenssl.py)
+        import ssl  # the daemon runs without it until needed (tunnelkeeper/noopenssl.py)
 
         try:
             return ssl.create_default_context(cafile=str(ca))
