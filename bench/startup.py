@@ -1,8 +1,11 @@
 """Start-up: `tunnelkeeper --version`, `tunnelkeeper status` against a running daemon, and daemon
 start -> READY=1 (systemd's notify socket, played by a bound AF_UNIX datagram socket; the daemon
-sends READY=1 once every tunnel has a replica ready at the edge), with the daemon's own share:
-start -> its first replica spawned, read from its log. The rest is the replicas' own start to
-their first edge connection, here cloudflared-sim's (a Python program: mostly its imports).
+sends READY=1 once every tunnel has a replica ready at the edge: here one tunnel of two
+replicas, so the first of the two to register), with the daemon's own share: start -> its first
+replica spawned, read from its log. The rest is the replica's own start to its first edge
+connection, here cloudflared-sim's (a Python program: mostly its imports), from the same
+install as the daemon. Also start -> alerting and the API tasks started (``services_started``
+in the log), which the daemon does once READY=1 is sent or a second has passed.
 
 Wall-clock durations of whole processes, measured with a monotonic clock around
 ``subprocess.run`` (hyperfine is not installed here).
@@ -13,6 +16,7 @@ Wall-clock durations of whole processes, measured with a monotonic clock around
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import socket
 import subprocess
@@ -27,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.alternatives import RESULTS, cell, figures, tk_config
 from tests.harness import TUNNELKEEPER, start_daemon, start_sim
+from tests.waiting import WaitTimeout, wait_until
 
 
 def time_command(argv: list[str], runs: int) -> list[float | None]:
@@ -40,11 +45,13 @@ def time_command(argv: list[str], runs: int) -> list[float | None]:
 
 def start_to_ready(
     cfg: Path, work: Path, runs: int, binary: str
-) -> tuple[list[float | None], list[float | None]]:
-    """Per run: start -> READY=1, and start -> the first replica spawned (the daemon's own
-    share; the rest is the replicas' start up to their first edge connection)."""
+) -> tuple[list[float | None], list[float | None], list[float | None]]:
+    """Per run: start -> READY=1, start -> the first replica spawned (the daemon's own share;
+    the rest is the replicas' start up to their first edge connection), and start -> alerting
+    and the API tasks started."""
     ready: list[float | None] = []
     spawned: list[float | None] = []
+    services: list[float | None] = []
     for i in range(runs):
         path = work / f"notify-{i}.sock"
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
@@ -65,17 +72,21 @@ def start_to_ready(
                         ready_at = time.monotonic()
                 ready.append(None if ready_at is None else ready_at - t0)
             finally:
+                # until alerting has started: that is part of what is measured
+                with contextlib.suppress(WaitTimeout):
+                    wait_until(lambda: '"services_started"' in d.output(), timeout=10)
                 d.stop()
-            spawned.append(first_spawn(d.output(), wall0))
+            spawned.append(logged_at(d.output(), "replica_spawned", wall0))
+            services.append(logged_at(d.output(), "services_started", wall0))
         path.unlink(missing_ok=True)
-    return ready, spawned
+    return ready, spawned, services
 
 
-def first_spawn(log: str, wall0: float) -> float | None:
-    """Seconds from ``wall0`` to the daemon's first ``replica_spawned`` (its JSON log's UTC
-    timestamp, microseconds)."""
+def logged_at(log: str, event: str, wall0: float) -> float | None:
+    """Seconds from ``wall0`` to the daemon's first ``event`` (its JSON log's UTC timestamp,
+    microseconds)."""
     for line in log.splitlines():
-        if '"replica_spawned"' in line:
+        if f'"{event}"' in line:
             stamp = json.loads(line)["timestamp"].replace("Z", "+00:00")
             return datetime.fromisoformat(stamp).timestamp() - wall0
     return None
@@ -101,13 +112,14 @@ def installed_copy(work: Path) -> str:
          "--target", str(site), str(wheel)],
         check=True, capture_output=True,
     )  # fmt: skip
-    script = work / "venv" / "bin" / "tunnelkeeper"
-    script.write_text(
-        f"#!{work / 'venv' / 'bin' / 'python'}\n"
-        "import sys\nfrom tunnelkeeper.cli import main\nsys.exit(main())\n"
-    )
-    script.chmod(0o755)
-    return str(script)
+    for name, module in (("tunnelkeeper", "cli"), ("cloudflared-sim", "sim.cloudflared")):
+        script = work / "venv" / "bin" / name
+        script.write_text(
+            f"#!{work / 'venv' / 'bin' / 'python'}\n"
+            f"import sys\nfrom tunnelkeeper.{module} import main\nsys.exit(main())\n"
+        )
+        script.chmod(0o755)
+    return str(work / "venv" / "bin" / "tunnelkeeper")
 
 
 def run(work: Path, runs: int, ready_runs: int) -> dict[str, Any]:
@@ -128,10 +140,18 @@ def run(work: Path, runs: int, ready_runs: int) -> dict[str, Any]:
             )
         finally:
             d.stop()
-        for key, binary in (("", installed), ("_editable", TUNNELKEEPER)):
-            ready, spawned = start_to_ready(cfg, work, ready_runs, binary)
+        installed_sim = str(Path(installed).parent / "cloudflared-sim")
+        cfg_installed = tk_config(
+            work / "tk-installed", sim, {"portal": {"replicas": 2}}, cloudflared=installed_sim
+        )
+        for key, binary, config in (
+            ("", installed, cfg_installed),
+            ("_editable", TUNNELKEEPER, cfg),
+        ):
+            ready, spawned, services = start_to_ready(config, work, ready_runs, binary)
             res[f"start_to_ready{key}"] = figures(ready) | {"replicas": 2}
             res[f"start_to_spawn{key}"] = figures(spawned)
+            res[f"start_to_services{key}"] = figures(services)
     finally:
         sim.stop()
     res["method"] = "subprocess wall time with a monotonic clock; hyperfine not installed"
@@ -139,19 +159,21 @@ def run(work: Path, runs: int, ready_runs: int) -> dict[str, Any]:
 
 
 def table(res: dict[str, Any]) -> list[str]:
-    lines = [f"{'start-up (seconds)':44} {'median':>8} {'p99':>8} {'runs':>5}"]
+    lines = [f"{'start-up (seconds)':48} {'median':>8} {'p99':>8} {'runs':>5}"]
     for key, label in (
         ("version", "tunnelkeeper --version"),
         ("version_editable", "  the same, editable dev install"),
         ("status", "tunnelkeeper status (daemon running)"),
         ("status_editable", "  the same, editable dev install"),
-        ("start_to_ready", "daemon start -> READY=1 (2 replicas ready)"),
+        ("start_to_ready", "daemon start -> READY=1 (1 of 2 replicas ready)"),
         ("start_to_spawn", "  of which start -> first replica spawned"),
+        ("start_to_services", "  start -> alerting and API tasks started"),
         ("start_to_ready_editable", "  start -> READY=1, editable dev install"),
         ("start_to_spawn_editable", "  of which start -> first replica spawned"),
+        ("start_to_services_editable", "  start -> alerting and API tasks started"),
     ):
         f = res[key]
-        lines.append(f"{label:44} {cell(f):>8} {cell(f, 'p99_s'):>8} {f['runs']:>5}")
+        lines.append(f"{label:48} {cell(f):>8} {cell(f, 'p99_s'):>8} {f['runs']:>5}")
     return lines
 
 

@@ -1,6 +1,7 @@
-"""cloudflared-sim against a scripted edge (an aiohttp WebSocket server in the test) for the
-protocol corners the real simulated edge does not hit on demand: hostile messages, a request
-arriving after `unregister`, a registration never answered, an `error` reply."""
+"""cloudflared-sim against a scripted edge (a line server in the test, speaking the link of
+tunnelkeeper/sim/lineconn.py by hand) for the protocol corners the real simulated edge does not
+hit on demand: hostile messages, a request arriving after `unregister`, a registration never
+answered, an `error` reply, a silent peer."""
 
 from __future__ import annotations
 
@@ -18,23 +19,60 @@ from aiohttp import web
 from tests.sim_cloudflared.conftest import CfProc, Spawn
 from tests.waiting import await_until
 
+PING = b'{"type":"ping"}'
+PONG = b'{"type":"pong"}'
+
+
+class RawLink:
+    """The edge's end of one link, driven by the test. A reader task answers the connector's
+    pings at once (``autoping``), or never, like a dead network path."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, autoping: bool
+    ) -> None:
+        self.writer = writer
+        self.lines: asyncio.Queue[bytes] = asyncio.Queue()
+        self._task = asyncio.create_task(self._read(reader, autoping))
+
+    async def _read(self, reader: asyncio.StreamReader, autoping: bool) -> None:
+        while line := await reader.readline():
+            if line.rstrip(b"\n") == PING:
+                if autoping:
+                    self.writer.write(PONG + b"\n")
+                continue
+            await self.lines.put(line.rstrip(b"\n"))
+        await self.lines.put(b"")
+
+    async def receive_str(self) -> str:
+        line = await self.lines.get()
+        if not line:
+            raise ConnectionError("closed by the connector")
+        return line.decode()
+
+    async def send_str(self, text: str) -> None:
+        self.send_bytes(text.encode())
+
+    def send_bytes(self, data: bytes) -> None:
+        self.writer.write(data + b"\n")
+
+    async def close(self) -> None:
+        self.writer.close()
+        self._task.cancel()
+
 
 class FakeEdge:
     def __init__(self) -> None:
-        self.sockets: asyncio.Queue[web.WebSocketResponse] = asyncio.Queue()
+        self.sockets: asyncio.Queue[RawLink] = asyncio.Queue()
         self.release_slow = asyncio.Event()
-        self._done: list[asyncio.Event] = []
-        self.addr = ""
+        self._links: list[RawLink] = []
+        self.addr = ""  # the link listener (--edge)
+        self.origin = ""  # the aiohttp app's origin routes
         self.autoping = True
 
-    async def connect(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024, autoping=self.autoping)
-        await ws.prepare(request)
-        done = asyncio.Event()
-        self._done.append(done)
-        await self.sockets.put(ws)
-        await done.wait()  # the test drives this socket
-        return ws
+    async def connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        link = RawLink(reader, writer, self.autoping)
+        self._links.append(link)
+        await self.sockets.put(link)
 
     async def slow(self, request: web.Request) -> web.Response:
         await self.release_slow.wait()
@@ -43,29 +81,30 @@ class FakeEdge:
     async def ok(self, request: web.Request) -> web.Response:
         return web.Response(text=f"ok {request.headers.get('X-A', '')}")
 
-    async def next_socket(self, timeout: float = 15.0) -> web.WebSocketResponse:
+    async def next_socket(self, timeout: float = 15.0) -> RawLink:
         return await asyncio.wait_for(self.sockets.get(), timeout)
 
-    def finish(self) -> None:
-        for done in self._done:
-            done.set()
+    async def finish(self) -> None:
+        for link in self._links:
+            await link.close()
 
 
 @pytest.fixture
 async def edge() -> AsyncIterator[FakeEdge]:
     fake = FakeEdge()
     app = web.Application()
-    app.router.add_get("/connect", fake.connect)
     app.router.add_get("/origin/slow", fake.slow)
     app.router.add_get("/origin/ok", fake.ok)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = runner.addresses[0][1]
-    fake.addr = f"127.0.0.1:{port}"
+    fake.origin = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    links = await asyncio.start_server(fake.connect, "127.0.0.1", 0, limit=32 * 1024 * 1024)
+    fake.addr = f"127.0.0.1:{links.sockets[0].getsockname()[1]}"
     yield fake
-    fake.finish()
+    links.close()
+    await fake.finish()
     fake.release_slow.set()
     await runner.cleanup()
 
@@ -114,11 +153,11 @@ def _registered(edge: FakeEdge, conn: str = "c0") -> dict[str, Any]:
         "connection_id": conn,
         "location": "fake01",
         "ip": "127.0.0.1",
-        "origin_url": f"http://{edge.addr}",
+        "origin_url": edge.origin,
     }
 
 
-async def _receive_until(ws: web.WebSocketResponse, want: set[Any]) -> dict[Any, dict[str, Any]]:
+async def _receive_until(ws: RawLink, want: set[Any]) -> dict[Any, dict[str, Any]]:
     """Read messages until one for every id (or type) in want has arrived."""
     got: dict[Any, dict[str, Any]] = {}
     while not want <= set(got):
@@ -139,7 +178,7 @@ async def test_hostile_messages_and_requests_after_unregister(
     await _record(cf, "Registered tunnel connection")
     for junk in ("not json", "[1,2]", '{"type":"bogus"}', '{"type":"request"}', "x" * 100_000):
         await ws.send_str(junk)
-    await ws.send_bytes(b"\xff\x00binary")
+    ws.send_bytes(b"\xff\x00binary")
     request = {"type": "request", "method": "GET", "headers": [["X-A", "1"]], "body": ""}
     await ws.send_str(json.dumps({**request, "id": 1, "path": "/origin/ok"}))
     await ws.send_str(json.dumps({**request, "id": 2, "path": "no-slash"}))

@@ -15,6 +15,8 @@ from typing import Any
 
 import aiohttp
 
+from tunnelkeeper.sim.lineconn import LineConn
+
 # How the fake answers a proxied request.
 ANSWER = "answer"  # 200 with body "<label>"
 PROXY = "proxy"  # forward to the origin_url the edge gave at registration
@@ -36,7 +38,7 @@ class FakeConnector:
         self.requests: list[dict[str, Any]] = []
         self.registered: dict[int, dict[str, Any]] = {}
         self._session = aiohttp.ClientSession()
-        self._ws: dict[int, aiohttp.ClientWebSocketResponse] = {}
+        self._ws: dict[int, LineConn] = {}
         self._readers: dict[int, asyncio.Task[None]] = {}
         self.closed: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -46,7 +48,8 @@ class FakeConnector:
 
         A connection closed without an answer returns {"type": "closed"}.
         """
-        ws = await self._session.ws_connect(f"http://{self.edge}/connect", max_msg_size=0)
+        host, _, port = self.edge.rpartition(":")
+        ws = await LineConn.connect(host, int(port), heartbeat_seconds=30.0)
         if message is None:
             message = {
                 "type": "register",
@@ -59,11 +62,11 @@ class FakeConnector:
                 "features": ["serialized_headers"],
             }
         if isinstance(message, bytes):
-            await ws.send_bytes(message)
+            await ws.send(message.decode("latin-1"))
         elif isinstance(message, str):
-            await ws.send_str(message)
+            await ws.send(message)
         else:
-            await ws.send_str(json.dumps(message))
+            await ws.send(json.dumps(message))
         answer = await self._first(ws)
         if answer.get("type") == "registered":
             self._ws[conn_index] = ws
@@ -81,35 +84,25 @@ class FakeConnector:
         return asyncio.create_task(self.open(conn_index))
 
     @staticmethod
-    async def _first(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
-        msg = await ws.receive()
-        if msg.type is aiohttp.WSMsgType.TEXT:
-            return dict(json.loads(msg.data))
-        return {"type": "closed"}
+    async def _first(ws: LineConn) -> dict[str, Any]:
+        text = await ws.receive()
+        return {"type": "closed"} if text is None else dict(json.loads(text))
 
-    async def send_raw(self, conn_index: int, data: str | bytes) -> None:
-        ws = self._ws[conn_index]
-        if isinstance(data, bytes):
-            await ws.send_bytes(data)
-        else:
-            await ws.send_str(data)
+    async def send_raw(self, conn_index: int, data: str) -> None:
+        await self._ws[conn_index].send(data)
 
     async def unregister(self) -> None:
         for ws in self._ws.values():
             if not ws.closed:
-                await ws.send_str(json.dumps({"type": "unregister"}))
+                await ws.send(json.dumps({"type": "unregister"}))
 
     def is_open(self, conn_index: int) -> bool:
         return conn_index in self._ws and conn_index not in self.closed
 
-    async def _serve(
-        self, index: int, ws: aiohttp.ClientWebSocketResponse, reg: dict[str, Any]
-    ) -> None:
+    async def _serve(self, index: int, ws: LineConn, reg: dict[str, Any]) -> None:
         try:
-            async for msg in ws:
-                if msg.type is not aiohttp.WSMsgType.TEXT:
-                    break
-                req = json.loads(msg.data)
+            while (text := await ws.receive()) is not None:
+                req = json.loads(text)
                 if req.get("type") != "request":
                     continue
                 self.requests.append(req)
@@ -122,7 +115,7 @@ class FakeConnector:
     async def _answer(
         self,
         index: int,
-        ws: aiohttp.ClientWebSocketResponse,
+        ws: LineConn,
         req: dict[str, Any],
         reg: dict[str, Any],
     ) -> None:
@@ -150,7 +143,7 @@ class FakeConnector:
                 "body": base64.b64encode(body).decode(),
             }
         with contextlib.suppress(ConnectionError, RuntimeError):
-            await ws.send_str(json.dumps(reply))
+            await ws.send(json.dumps(reply))
 
     async def _proxy(self, req: dict[str, Any], origin_url: str) -> dict[str, Any]:
         async with self._session.request(

@@ -56,6 +56,8 @@ log = structlog.get_logger("tunnelkeeper.daemon")
 
 
 class Daemon(Endpoints):
+    _tunnel_conditions: Callable[..., list[Condition]]  # set by _start_services
+
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.clock = clock
@@ -208,9 +210,17 @@ class Daemon(Endpoints):
 
     async def _start_services(self, cfg: Config) -> None:
         """Alerting and the Cloudflare API tasks, imported here and not at start-up. Then
-        start-up is over: its garbage is collected once and what it left is frozen."""
+        start-up is over: its garbage is collected once and what it left is frozen.
+
+        Everything the running daemon calls is imported by now, not on first use: an import
+        opens files, and a daemon out of descriptors (EMFILE) must still observe and serve."""
         from tunnelkeeper.alerts import AlertPipeline
+        from tunnelkeeper.alerts.conditions import tunnel_conditions
         from tunnelkeeper.service.apitasks import ApiTasks
+        from tunnelkeeper.service.httpconn import load_parser
+
+        load_parser()
+        self._tunnel_conditions = tunnel_conditions
 
         for sink in cfg.alerts.sinks:
             self.metrics.declare_sink(sink.name)
@@ -345,12 +355,10 @@ class Daemon(Endpoints):
     def _observe_alerts(self) -> None:
         if not self.services_started:
             return  # the conditions are observed from the first tick after they start
-        from tunnelkeeper.alerts.conditions import tunnel_conditions
-
         now = self.clock()
         conditions: list[Condition] = []
         for name, sup in self.tunnels.sups.items():
-            conditions += tunnel_conditions(
+            conditions += self._tunnel_conditions(
                 sup, now, source_unavailable=self.tunnels.feeds[name].unavailable
             )
         conditions += self.api_tasks.conditions()

@@ -1,9 +1,10 @@
 """cloudflared-sim's HA connections to the simulated edge (requests go to cfproxy).
 
-Each connection index runs one serve loop (cloudflared's ServeTunnelLoop): dial
-``ws://EDGE/connect``, register, serve requests until the connection drops, then retry.
-``cloudflared_tunnel_ha_connections`` counts serve loops in progress, so, as in cloudflared,
-it stays non-zero while zero connections are registered and the loop is retrying.
+Each connection index runs one serve loop (cloudflared's ServeTunnelLoop): dial the edge
+(:mod:`~tunnelkeeper.sim.lineconn`), register, serve requests until the connection drops,
+then retry. ``cloudflared_tunnel_ha_connections`` counts serve loops in progress, so, as in
+cloudflared, it stays non-zero while zero connections are registered and the loop is
+retrying.
 
 Retry policy, as cloudflared's:
 
@@ -34,7 +35,7 @@ from tunnelkeeper.sim.cflog import CfLogger, go_duration
 from tunnelkeeper.sim.cfmetrics import Connection, TunnelState
 from tunnelkeeper.sim.cfproxy import OriginProxy
 from tunnelkeeper.sim.flood import can_flood, flood_until_reachable
-from tunnelkeeper.sim.wsclient import HandshakeRejected, WsClient
+from tunnelkeeper.sim.lineconn import LineConn
 
 RPC_NAME = "registerConnection"
 REGISTER_TIMEOUT_SECONDS = 5.0
@@ -68,7 +69,7 @@ class ConnectorConfig:
 @dataclass
 class _Link:
     index: int
-    ws: WsClient
+    ws: LineConn
     origin_url: str
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # set when the edge confirms "unregister": it sends no request on this link after that
@@ -216,21 +217,15 @@ class Connector:
         host, _, port = edge.rpartition(":")
         try:
             async with asyncio.timeout(self.cfg.register_timeout_seconds):
-                ws = await WsClient.connect(
+                ws = await LineConn.connect(
                     host.strip("[]"),
                     int(port),
-                    protocol.CONNECT_PATH,
-                    max_message_bytes=protocol.MAX_MESSAGE_BYTES,
                     heartbeat_seconds=HEARTBEAT_SECONDS,  # like QUIC's idle timeout
                 )
         except TimeoutError:
             raise AttemptFailed(
                 "failed to dial to edge with quic: timeout: no recent network activity",
                 is_dial=True,
-            ) from None
-        except HandshakeRejected as exc:
-            raise AttemptFailed(
-                f"failed to dial to edge with quic: handshake status {exc.status}", is_dial=True
             ) from None
         except (OSError, ValueError) as exc:
             raise AttemptFailed(
@@ -243,7 +238,7 @@ class Connector:
             self._forget(index)
             await ws.close()
 
-    async def _register(self, index: int, ws: WsClient) -> _Link:
+    async def _register(self, index: int, ws: LineConn) -> _Link:
         hello = {
             "type": "register",
             "token": self.cfg.token_text,
@@ -256,7 +251,7 @@ class Connector:
         }
         try:
             async with asyncio.timeout(self.cfg.register_timeout_seconds):
-                await ws.send_text(protocol.encode(hello))
+                await ws.send(protocol.encode(hello))
                 text = await ws.receive()
         except TimeoutError:
             raise AttemptFailed("register tunnel: context deadline exceeded") from None
@@ -282,7 +277,7 @@ class Connector:
         )
         raise AttemptFailed(error)
 
-    def _registered(self, index: int, ws: WsClient, reply: dict[str, Any]) -> _Link:
+    def _registered(self, index: int, ws: LineConn, reply: dict[str, Any]) -> _Link:
         conn_id = protocol.field_str(reply, "connection_id")
         location = protocol.field_str(reply, "location", "sim01")
         ip = protocol.field_str(reply, "ip", "127.0.0.1")
@@ -359,7 +354,7 @@ class Connector:
     async def _send(self, link: _Link, message: dict[str, Any]) -> None:
         async with link.lock:
             with contextlib.suppress(OSError, RuntimeError):
-                await link.ws.send_text(protocol.encode(message))
+                await link.ws.send(protocol.encode(message))
 
 
 def _dial_text(exc: BaseException, edge: str) -> str:

@@ -1,4 +1,5 @@
-"""The simulated edge: ``ws://EDGE/connect``, one WebSocket per HA connection.
+"""The simulated edge: one TCP connection per HA connection, JSON lines on it
+(:mod:`~tunnelkeeper.sim.lineconn`).
 
 Registration checks follow Cloudflare's texts (see state.RegistrationRefused);
 everything a connector sends is parsed as hostile input, and a peer that breaks
@@ -14,11 +15,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import WSCloseCode, WSMsgType, web
-
+from tunnelkeeper.sim.lineconn import LineConn
 from tunnelkeeper.sim.link import EdgeLink
 from tunnelkeeper.sim.protocol import (
-    CONNECT_PATH,
     MAX_MESSAGE_BYTES,
     ProtocolError,
     decode,
@@ -32,7 +31,7 @@ log = logging.getLogger("tunnelkeeper.sim")
 
 REGISTER_TIMEOUT_SECONDS = 10.0
 HEARTBEAT_SECONDS = 10.0
-CLOSE_TIMEOUT_SECONDS = 2.0
+MAX_LINE_BYTES = MAX_MESSAGE_BYTES + 1
 MAX_FIELD_CHARS = 256
 REFUSED_BY_FAULT = "Unavailable: edge is not accepting registrations (simulated fault)"
 
@@ -80,12 +79,10 @@ class Edge:
     def __init__(self, account: Account) -> None:
         self.account = account
         self._links: dict[str, EdgeLink] = {}
-        self._blackholed: set[web.WebSocketResponse] = set()
+        self._blackholed: set[LineConn] = set()
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get(CONNECT_PATH, self._connect)
-        return app
+    async def listen(self, host: str, port: int) -> asyncio.Server:
+        return await asyncio.start_server(self._accept, host, port, limit=MAX_LINE_BYTES)
 
     def routable(self, tunnel_id: str) -> list[EdgeLink]:
         """Live, non-draining connections of a tunnel."""
@@ -136,34 +133,31 @@ class Edge:
         held = list(self._blackholed)
         await asyncio.gather(*(ws.close() for ws in held), return_exceptions=True)
 
-    # --- one WebSocket ------------------------------------------------------------
+    # --- one connection -----------------------------------------------------------
 
-    async def _connect(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(
-            timeout=CLOSE_TIMEOUT_SECONDS,
-            heartbeat=HEARTBEAT_SECONDS,
-            max_msg_size=MAX_MESSAGE_BYTES,
-        )
-        if not ws.can_prepare(request).ok:
-            return web.Response(status=400, text="expected a WebSocket upgrade\n")
-        await ws.prepare(request)
-        peer = request.remote or "unknown"
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ws = LineConn(reader, writer, heartbeat_seconds=HEARTBEAT_SECONDS)
+        try:
+            await self._connect(ws)
+        finally:
+            await ws.close()
+
+    async def _connect(self, ws: LineConn) -> None:
+        peer = ws.host("peername") or "unknown"
         try:
             async with asyncio.timeout(REGISTER_TIMEOUT_SECONDS):
                 first = await ws.receive()
         except TimeoutError:
             log.warning("registration_timed_out peer=%s", peer)
-            await ws.close(code=WSCloseCode.POLICY_VIOLATION)
-            return ws
-        if first.type is not WSMsgType.TEXT:
-            await ws.close(code=WSCloseCode.UNSUPPORTED_DATA)
-            return ws
+            return
+        if first is None:
+            return
         try:
-            reg = parse_registration(decode(first.data))
+            reg = parse_registration(decode(first))
         except ProtocolError as exc:
             log.warning("registration_malformed peer=%s reason=%s", peer, exc)
             await self._refuse(ws, f"Bad request: {exc}")
-            return ws
+            return
         if self.account.faults.is_partitioned(reg.connector_id):
             log.info(
                 "registration_blackholed connector=%s conn_index=%d",
@@ -171,7 +165,7 @@ class Edge:
                 reg.conn_index,
             )
             await self._blackhole(ws)
-            return ws
+            return
         try:
             tunnel = self.account.authenticate(reg.token)
             if self.account.faults.is_refused(tunnel.id):
@@ -184,7 +178,7 @@ class Edge:
                 str(exc),
             )
             await self._refuse(ws, str(exc))
-            return ws
+            return
         conn, replaced = self.account.register(
             tunnel,
             connector_id=reg.connector_id,
@@ -207,8 +201,7 @@ class Edge:
             conn.colo,
             conn.id,
         )
-        sockname = request.transport.get_extra_info("sockname") if request.transport else None
-        edge_ip = sockname[0] if sockname else "127.0.0.1"
+        edge_ip = ws.host("sockname") or "127.0.0.1"
         try:
             await link.send(
                 {
@@ -233,16 +226,11 @@ class Edge:
                     conn.conn_index,
                     conn.id,
                 )
-        return ws
 
     async def _serve(self, link: EdgeLink) -> None:
-        async for msg in link.ws:
-            if msg.type is not WSMsgType.TEXT:
-                if msg.type is WSMsgType.BINARY:
-                    await self._protocol_error(link, "binary message")
-                return
+        while (text := await link.ws.receive()) is not None:
             try:
-                message = decode(msg.data)
+                message = decode(text)
                 kind = message["type"]
                 if kind in ("response", "origin_error", "refused"):
                     link.resolve(message)
@@ -269,18 +257,18 @@ class Edge:
             reason,
         )
         link.is_closed = True
-        await link.ws.close(code=WSCloseCode.PROTOCOL_ERROR)
+        await link.ws.close()
 
-    async def _refuse(self, ws: web.WebSocketResponse, error: str) -> None:
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await ws.send_str(encode({"type": "error", "error": error}))
-        await ws.close(code=WSCloseCode.POLICY_VIOLATION)
+    async def _refuse(self, ws: LineConn, error: str) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError, OSError):
+            await ws.send(encode({"type": "error", "error": error}))
+        await ws.close()
 
-    async def _blackhole(self, ws: web.WebSocketResponse) -> None:
+    async def _blackhole(self, ws: LineConn) -> None:
         """A partitioned connector: accept, read, never answer, until healed or gone."""
         self._blackholed.add(ws)
         try:
-            async for _ in ws:
+            while await ws.receive() is not None:
                 pass
         finally:
             self._blackholed.discard(ws)

@@ -11,8 +11,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import WSCloseCode, web
-
+from tunnelkeeper.sim.lineconn import LineConn
 from tunnelkeeper.sim.protocol import (
     ProtocolError,
     body_text,
@@ -50,7 +49,7 @@ class OriginReply:
 class EdgeLink:
     """One registered connection and the requests in flight on it."""
 
-    def __init__(self, ws: web.WebSocketResponse, conn: Connection) -> None:
+    def __init__(self, ws: LineConn, conn: Connection) -> None:
         self.ws = ws
         self.connection_id = conn.id
         self.tunnel_id = conn.tunnel_id
@@ -63,7 +62,7 @@ class EdgeLink:
 
     async def send(self, message: dict[str, Any]) -> None:
         async with self._send_lock:
-            await self.ws.send_str(encode(message))
+            await self.ws.send(encode(message))
 
     async def forward(
         self, method: str, path: str, headers: list[list[str]], body: bytes
@@ -118,4 +117,4 @@ class EdgeLink:
 
     async def close(self) -> None:
         self.is_closed = True
-        await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"closed by edge")
+        await self.ws.close()

@@ -1,8 +1,9 @@
 """Wire protocol between a simulated connector (cloudflared-sim) and the simulated edge.
 
 Real cloudflared speaks QUIC/HTTP2 + capnp RPC to the edge; we only need the
-observable behaviour, so one "edge connection" is one WebSocket to
-``ws://{edge}/connect`` (aiohttp on both ends) carrying JSON text messages.
+observable behaviour, so one "edge connection" is one TCP connection to ``--edge`` carrying
+JSON messages, one per line (:mod:`tunnelkeeper.sim.lineconn`, which also answers the
+heartbeat's ``ping`` with ``pong``).
 
 Connector -> edge, first message on every connection::
 
@@ -46,7 +47,6 @@ import binascii
 import json
 from typing import Any
 
-CONNECT_PATH = "/connect"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 MESSAGE_TYPES = frozenset(

@@ -140,6 +140,7 @@ async def run(args: argparse.Namespace) -> int:
     account = Account(args.account_id, args.pending_reconnect_seconds)
     limiter = RateLimiter(args.rate_limit, args.rate_window_seconds, args.rate_block_seconds)
     runners: list[web.AppRunner] = []
+    servers: list[asyncio.Server] = []
     edge = Edge(account)
     try:
         try:
@@ -155,9 +156,10 @@ async def run(args: argparse.Namespace) -> int:
                 default_origin_url=origin_url,
             )
             entry = Entry(account, edge)
-            ports = {}
+            edge_server = await edge.listen(args.listen, args.edge_port)
+            servers.append(edge_server)
+            ports = {"edge": int(edge_server.sockets[0].getsockname()[1])}
             for label, app, port in (
-                ("edge", edge.app(), args.edge_port),
                 ("api", api.app(), args.api_port),
                 ("http", entry.app(), args.http_port),
             ):
@@ -202,6 +204,8 @@ async def run(args: argparse.Namespace) -> int:
         log.info("sim_stopping")
         return 0
     finally:
+        for server in servers:
+            server.close()
         await edge.close_all()
         for runner in reversed(runners):
             await runner.cleanup()
