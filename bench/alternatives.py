@@ -42,6 +42,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.strays import refuse_strays
 from bench.supervision import live_connectors, percentile, wait_for
 from tests.harness import (
     CLOUDFLARED_SIM,
@@ -429,6 +430,7 @@ def table(res: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> int:
+    refuse_strays()
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--never-rounds", type=int, default=3)

@@ -48,6 +48,7 @@ from bench.alternatives import (
     webhook_secret_file,
 )
 from bench.prometheus_chain import CHAINS, ChainsInBackground
+from bench.strays import refuse_strays
 from tests.alerts.receiver import Receiver
 from tests.harness import CLOUDFLARED_SIM, Daemon, Sim, start_daemon, start_sim
 from tests.waiting import wait_until
@@ -341,6 +342,7 @@ def table(res: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    refuse_strays()
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--slow-runs", type=int, default=3, help="runs of the slow-replacement ones")

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.alternatives import RESULTS
 from bench.scale import lag_figures, parse_metrics
+from bench.strays import refuse_strays
 from tests.harness import daemon_config, start_daemon, start_sim
 from tests.waiting import wait_until
 
@@ -126,6 +127,7 @@ def run(work: Path, replicas: int, window: float, daemon_python: str | None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    refuse_strays()
     ap = argparse.ArgumentParser()
     ap.add_argument("--replicas", type=int, default=4)
     ap.add_argument("--window", type=float, default=60)

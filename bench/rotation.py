@@ -28,6 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.strays import refuse_strays  # noqa: E402
 from tests.harness import Daemon, Load, Sim, daemon_config, start_daemon, start_sim  # noqa: E402
 from tests.origin import Origin  # noqa: E402
 from tests.waiting import wait_until  # noqa: E402
@@ -181,6 +182,7 @@ def run(
 
 
 def main() -> int:
+    refuse_strays()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--replicas", type=int, nargs="+", default=[2, 4])
     p.add_argument("--rotations", type=int, default=4)

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import alternatives, detection, scale, startup
 from bench.alternatives import RESULTS, cell, is_never
 from bench.prometheus_chain import ChainsInBackground
+from bench.strays import refuse_strays
 from tests.harness import start_sim
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -255,6 +256,7 @@ def git_describe() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    refuse_strays()
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="under 5 minutes: fewer runs")
     args = ap.parse_args(argv)

@@ -31,6 +31,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.alternatives import RESULTS, cloudflared_argv, free_ports, start_supervisord, tk_config
+from bench.strays import refuse_strays
 from bench.supervision import live_connectors, percentile
 from tests.harness import Daemon, Sim, start_daemon, start_sim
 from tests.waiting import wait_until
@@ -338,6 +339,7 @@ def table(res: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    refuse_strays()
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="4,20,100")
     ap.add_argument("--supervisord-sizes", default="4,20,100")

@@ -30,6 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.alternatives import RESULTS, cell, figures, tk_config
+from bench.strays import refuse_strays
 from tests.harness import TUNNELKEEPER, start_daemon, start_sim
 from tests.waiting import WaitTimeout, wait_until
 
@@ -178,6 +179,7 @@ def table(res: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    refuse_strays()
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--ready-runs", type=int, default=5)

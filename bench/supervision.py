@@ -26,6 +26,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.strays import refuse_strays
 from tests.harness import Sim, daemon_config, start_daemon, start_sim
 from tests.origin import Origin
 
@@ -134,6 +135,7 @@ def bench_idle(sim: Sim, workdir: Path, seconds: float) -> dict[str, float]:
 
 
 def main() -> int:
+    refuse_strays()
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--idle-seconds", type=float, default=60)
