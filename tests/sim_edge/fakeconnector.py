@@ -38,7 +38,7 @@ class FakeConnector:
         self.requests: list[dict[str, Any]] = []
         self.registered: dict[int, dict[str, Any]] = {}
         self._session = aiohttp.ClientSession()
-        self._ws: dict[int, LineConn] = {}
+        self._lines: dict[int, LineConn] = {}
         self._readers: dict[int, asyncio.Task[None]] = {}
         self.closed: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -49,7 +49,7 @@ class FakeConnector:
         A connection closed without an answer returns {"type": "closed"}.
         """
         host, _, port = self.edge.rpartition(":")
-        ws = await LineConn.connect(host, int(port), heartbeat_seconds=30.0)
+        line = await LineConn.connect(host, int(port), heartbeat_seconds=30.0)
         if message is None:
             message = {
                 "type": "register",
@@ -62,18 +62,18 @@ class FakeConnector:
                 "features": ["serialized_headers"],
             }
         if isinstance(message, bytes):
-            await ws.send(message.decode("latin-1"))
+            await line.send(message.decode("latin-1"))
         elif isinstance(message, str):
-            await ws.send(message)
+            await line.send(message)
         else:
-            await ws.send(json.dumps(message))
-        answer = await self._first(ws)
+            await line.send(json.dumps(message))
+        answer = await self._first(line)
         if answer.get("type") == "registered":
-            self._ws[conn_index] = ws
+            self._lines[conn_index] = line
             self.registered[conn_index] = answer
-            self._readers[conn_index] = asyncio.create_task(self._serve(conn_index, ws, answer))
+            self._readers[conn_index] = asyncio.create_task(self._serve(conn_index, line, answer))
         else:
-            await ws.close()
+            await line.close()
         return answer
 
     async def open_all(self, count: int = 4) -> list[dict[str, Any]]:
@@ -84,29 +84,29 @@ class FakeConnector:
         return asyncio.create_task(self.open(conn_index))
 
     @staticmethod
-    async def _first(ws: LineConn) -> dict[str, Any]:
-        text = await ws.receive()
+    async def _first(line: LineConn) -> dict[str, Any]:
+        text = await line.receive()
         return {"type": "closed"} if text is None else dict(json.loads(text))
 
     async def send_raw(self, conn_index: int, data: str) -> None:
-        await self._ws[conn_index].send(data)
+        await self._lines[conn_index].send(data)
 
     async def unregister(self) -> None:
-        for ws in self._ws.values():
-            if not ws.closed:
-                await ws.send(json.dumps({"type": "unregister"}))
+        for line in self._lines.values():
+            if not line.closed:
+                await line.send(json.dumps({"type": "unregister"}))
 
     def is_open(self, conn_index: int) -> bool:
-        return conn_index in self._ws and conn_index not in self.closed
+        return conn_index in self._lines and conn_index not in self.closed
 
-    async def _serve(self, index: int, ws: LineConn, reg: dict[str, Any]) -> None:
+    async def _serve(self, index: int, line: LineConn, reg: dict[str, Any]) -> None:
         try:
-            while (text := await ws.receive()) is not None:
+            while (text := await line.receive()) is not None:
                 req = json.loads(text)
                 if req.get("type") != "request":
                     continue
                 self.requests.append(req)
-                task = asyncio.create_task(self._answer(index, ws, req, reg))
+                task = asyncio.create_task(self._answer(index, line, req, reg))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         finally:
@@ -115,7 +115,7 @@ class FakeConnector:
     async def _answer(
         self,
         index: int,
-        ws: LineConn,
+        line: LineConn,
         req: dict[str, Any],
         reg: dict[str, Any],
     ) -> None:
@@ -125,7 +125,7 @@ class FakeConnector:
         if mode == HOLD:
             return
         if mode == CLOSE:
-            await ws.close()
+            await line.close()
             return
         if mode == REFUSE:
             reply = {"type": "refused", "id": rid}
@@ -143,7 +143,7 @@ class FakeConnector:
                 "body": base64.b64encode(body).decode(),
             }
         with contextlib.suppress(ConnectionError, RuntimeError):
-            await ws.send(json.dumps(reply))
+            await line.send(json.dumps(reply))
 
     async def _proxy(self, req: dict[str, Any], origin_url: str) -> dict[str, Any]:
         async with self._session.request(
@@ -162,8 +162,8 @@ class FakeConnector:
             }
 
     async def close(self) -> None:
-        for ws in self._ws.values():
-            await ws.close()
+        for line in self._lines.values():
+            await line.close()
         tasks = [*self._readers.values(), *self._tasks]
         for task in tasks:
             task.cancel()

@@ -33,18 +33,12 @@ class OriginProxy:
         self.state = state
         self._session: aiohttp.ClientSession | None = None
         self._inflight: set[asyncio.Task[None]] = set()
-        self._warming: asyncio.Future[object] | None = None
 
     def warm_up(self, delay_seconds: float) -> None:
         """Import aiohttp in a thread after delay_seconds, so the first request does not wait
         for it and the import does not compete with the start-up."""
-
-        def start() -> None:
-            if self._warming is None:
-                loop = asyncio.get_running_loop()
-                self._warming = loop.run_in_executor(None, _load_aiohttp)
-
-        asyncio.get_running_loop().call_later(delay_seconds, start)
+        loop = asyncio.get_running_loop()
+        loop.call_later(delay_seconds, loop.run_in_executor, None, _load_aiohttp)
 
     @property
     def inflight(self) -> int:

@@ -11,6 +11,7 @@ before; its import was most of the simulator's start-up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -129,8 +130,6 @@ class MetricsServer:
         self._server.close()
         for transport in list(self.conns):
             transport.close()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._server.wait_closed(), 1.0)
-        except TimeoutError:
-            pass
         self._server = None

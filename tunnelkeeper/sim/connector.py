@@ -69,7 +69,7 @@ class ConnectorConfig:
 @dataclass
 class _Link:
     index: int
-    ws: LineConn
+    line: LineConn
     origin_url: str
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # set when the edge confirms "unregister": it sends no request on this link after that
@@ -217,7 +217,7 @@ class Connector:
         host, _, port = edge.rpartition(":")
         try:
             async with asyncio.timeout(self.cfg.register_timeout_seconds):
-                ws = await LineConn.connect(
+                line = await LineConn.connect(
                     host.strip("[]"),
                     int(port),
                     heartbeat_seconds=HEARTBEAT_SECONDS,  # like QUIC's idle timeout
@@ -232,13 +232,13 @@ class Connector:
                 f"failed to dial to edge with quic: {_dial_text(exc, edge)}", is_dial=True
             ) from None
         try:
-            link = await self._register(index, ws)
+            link = await self._register(index, line)
             await self._serve(link)
         finally:
             self._forget(index)
-            await ws.close()
+            await line.close()
 
-    async def _register(self, index: int, ws: LineConn) -> _Link:
+    async def _register(self, index: int, line: LineConn) -> _Link:
         hello = {
             "type": "register",
             "token": self.cfg.token_text,
@@ -251,8 +251,8 @@ class Connector:
         }
         try:
             async with asyncio.timeout(self.cfg.register_timeout_seconds):
-                await ws.send(protocol.encode(hello))
-                text = await ws.receive()
+                await line.send(protocol.encode(hello))
+                text = await line.receive()
         except TimeoutError:
             raise AttemptFailed("register tunnel: context deadline exceeded") from None
         except OSError as exc:
@@ -264,7 +264,7 @@ class Connector:
             if reply["type"] == "error":
                 error = protocol.field_str(reply, "error")
             elif reply["type"] == "registered":
-                return self._registered(index, ws, reply)
+                return self._registered(index, line, reply)
             else:
                 raise protocol.ProtocolError(f"unexpected {reply['type']!r} reply")
         except protocol.ProtocolError as exc:
@@ -277,12 +277,12 @@ class Connector:
         )
         raise AttemptFailed(error)
 
-    def _registered(self, index: int, ws: LineConn, reply: dict[str, Any]) -> _Link:
+    def _registered(self, index: int, line: LineConn, reply: dict[str, Any]) -> _Link:
         conn_id = protocol.field_str(reply, "connection_id")
         location = protocol.field_str(reply, "location", "sim01")
         ip = protocol.field_str(reply, "ip", "127.0.0.1")
         origin_url = protocol.field_str(reply, "origin_url", "")
-        link = _Link(index, ws, origin_url)
+        link = _Link(index, line, origin_url)
         self._links[index] = link
         self.state.connections[index] = Connection(index, conn_id, location, ip, self.cfg.protocol)
         for key in list(self.state.server_locations):
@@ -314,7 +314,7 @@ class Connector:
             self.log.info("Connection terminated", connIndex=index)
 
     async def _serve(self, link: _Link) -> None:
-        while (text := await link.ws.receive()) is not None:
+        while (text := await link.line.receive()) is not None:
             try:
                 message = protocol.decode(text)
             except protocol.ProtocolError as exc:
@@ -329,7 +329,7 @@ class Connector:
         if not self.is_draining:
             error = (
                 "timeout: no recent network activity"
-                if link.ws.timed_out
+                if link.line.timed_out
                 else "connection closed by edge"
             )
             raise AttemptFailed(error, was_registered=True)
@@ -354,7 +354,7 @@ class Connector:
     async def _send(self, link: _Link, message: dict[str, Any]) -> None:
         async with link.lock:
             with contextlib.suppress(OSError, RuntimeError):
-                await link.ws.send(protocol.encode(message))
+                await link.line.send(protocol.encode(message))
 
 
 def _dial_text(exc: BaseException, edge: str) -> str:

@@ -126,27 +126,27 @@ class Edge:
     async def heal(self) -> None:
         self.account.faults.clear()
         held = list(self._blackholed)
-        await asyncio.gather(*(ws.close() for ws in held), return_exceptions=True)
+        await asyncio.gather(*(line.close() for line in held), return_exceptions=True)
 
     async def close_all(self) -> None:
         await self.drop(list(self._links))
         held = list(self._blackholed)
-        await asyncio.gather(*(ws.close() for ws in held), return_exceptions=True)
+        await asyncio.gather(*(line.close() for line in held), return_exceptions=True)
 
     # --- one connection -----------------------------------------------------------
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        ws = LineConn(reader, writer, heartbeat_seconds=HEARTBEAT_SECONDS)
+        line = LineConn(reader, writer, heartbeat_seconds=HEARTBEAT_SECONDS)
         try:
-            await self._connect(ws)
+            await self._connect(line)
         finally:
-            await ws.close()
+            await line.close()
 
-    async def _connect(self, ws: LineConn) -> None:
-        peer = ws.host("peername") or "unknown"
+    async def _connect(self, line: LineConn) -> None:
+        peer = line.host("peername") or "unknown"
         try:
             async with asyncio.timeout(REGISTER_TIMEOUT_SECONDS):
-                first = await ws.receive()
+                first = await line.receive()
         except TimeoutError:
             log.warning("registration_timed_out peer=%s", peer)
             return
@@ -156,7 +156,7 @@ class Edge:
             reg = parse_registration(decode(first))
         except ProtocolError as exc:
             log.warning("registration_malformed peer=%s reason=%s", peer, exc)
-            await self._refuse(ws, f"Bad request: {exc}")
+            await self._refuse(line, f"Bad request: {exc}")
             return
         if self.account.faults.is_partitioned(reg.connector_id):
             log.info(
@@ -164,7 +164,7 @@ class Edge:
                 reg.connector_id,
                 reg.conn_index,
             )
-            await self._blackhole(ws)
+            await self._blackhole(line)
             return
         try:
             tunnel = self.account.authenticate(reg.token)
@@ -177,7 +177,7 @@ class Edge:
                 reg.conn_index,
                 str(exc),
             )
-            await self._refuse(ws, str(exc))
+            await self._refuse(line, str(exc))
             return
         conn, replaced = self.account.register(
             tunnel,
@@ -189,7 +189,7 @@ class Edge:
             features=reg.features,
             origin_ip=peer,
         )
-        link = EdgeLink(ws, conn)
+        link = EdgeLink(line, conn)
         self._links[conn.id] = link
         if replaced is not None:
             await self.drop([replaced])
@@ -201,7 +201,7 @@ class Edge:
             conn.colo,
             conn.id,
         )
-        edge_ip = ws.host("sockname") or "127.0.0.1"
+        edge_ip = line.host("sockname") or "127.0.0.1"
         try:
             await link.send(
                 {
@@ -228,7 +228,7 @@ class Edge:
                 )
 
     async def _serve(self, link: EdgeLink) -> None:
-        while (text := await link.ws.receive()) is not None:
+        while (text := await link.line.receive()) is not None:
             try:
                 message = decode(text)
                 kind = message["type"]
@@ -257,18 +257,18 @@ class Edge:
             reason,
         )
         link.is_closed = True
-        await link.ws.close()
+        await link.line.close()
 
-    async def _refuse(self, ws: LineConn, error: str) -> None:
+    async def _refuse(self, line: LineConn, error: str) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError, OSError):
-            await ws.send(encode({"type": "error", "error": error}))
-        await ws.close()
+            await line.send(encode({"type": "error", "error": error}))
+        await line.close()
 
-    async def _blackhole(self, ws: LineConn) -> None:
+    async def _blackhole(self, line: LineConn) -> None:
         """A partitioned connector: accept, read, never answer, until healed or gone."""
-        self._blackholed.add(ws)
+        self._blackholed.add(line)
         try:
-            while await ws.receive() is not None:
+            while await line.receive() is not None:
                 pass
         finally:
-            self._blackholed.discard(ws)
+            self._blackholed.discard(line)

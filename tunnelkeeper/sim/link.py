@@ -49,8 +49,8 @@ class OriginReply:
 class EdgeLink:
     """One registered connection and the requests in flight on it."""
 
-    def __init__(self, ws: LineConn, conn: Connection) -> None:
-        self.ws = ws
+    def __init__(self, line: LineConn, conn: Connection) -> None:
+        self.line = line
         self.connection_id = conn.id
         self.tunnel_id = conn.tunnel_id
         self.connector_id = conn.connector_id
@@ -62,7 +62,7 @@ class EdgeLink:
 
     async def send(self, message: dict[str, Any]) -> None:
         async with self._send_lock:
-            await self.ws.send(encode(message))
+            await self.line.send(encode(message))
 
     async def forward(
         self, method: str, path: str, headers: list[list[str]], body: bytes
@@ -117,4 +117,4 @@ class EdgeLink:
 
     async def close(self) -> None:
         self.is_closed = True
-        await self.ws.close()
+        await self.line.close()
