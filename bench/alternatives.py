@@ -430,12 +430,12 @@ def table(res: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> int:
-    refuse_strays()
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--never-rounds", type=int, default=3)
     ap.add_argument("--never-wait", type=float, default=30.0)
     args = ap.parse_args(argv)
+    refuse_strays()  # after the arguments: --help needs no clean machine
     with tempfile.TemporaryDirectory(prefix="tk-bench-alt-") as tmp:
         res = run_matrix(Path(tmp), args.runs, args.never_rounds, args.never_wait)
     RESULTS.mkdir(exist_ok=True)

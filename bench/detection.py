@@ -342,7 +342,6 @@ def table(res: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    refuse_strays()
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--slow-runs", type=int, default=3, help="runs of the slow-replacement ones")
@@ -352,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         "--flood", type=int, default=0, help="replicas of a second tunnel flooding their logs"
     )
     args = ap.parse_args(argv)
+    refuse_strays()  # after the arguments: --help needs no clean machine
     with tempfile.TemporaryDirectory(prefix="tk-bench-det-") as tmp:
         res = run(
             Path(tmp), args.runs, args.slow_runs, args.chain_runs, args.measure_defaults, args.flood

@@ -127,12 +127,12 @@ def run(work: Path, replicas: int, window: float, daemon_python: str | None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    refuse_strays()
     ap = argparse.ArgumentParser()
     ap.add_argument("--replicas", type=int, default=4)
     ap.add_argument("--window", type=float, default=60)
     ap.add_argument("--daemon-python", default=None)
     args = ap.parse_args(argv)
+    refuse_strays()  # after the arguments: --help needs no clean machine
     with tempfile.TemporaryDirectory(prefix="tk-bench-flood-") as tmp:
         res = run(Path(tmp), args.replicas, args.window, args.daemon_python)
     RESULTS.mkdir(exist_ok=True)

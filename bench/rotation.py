@@ -182,7 +182,6 @@ def run(
 
 
 def main() -> int:
-    refuse_strays()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--replicas", type=int, nargs="+", default=[2, 4])
     p.add_argument("--rotations", type=int, default=4)
@@ -190,6 +189,7 @@ def main() -> int:
     p.add_argument("--loads", type=int, default=2, help="load generator threads")
     p.add_argument("--min-requests", type=int, default=5000, help="per replica count")
     args = p.parse_args()
+    refuse_strays()  # after the arguments: --help needs no clean machine
     results = [
         run(n, args.rotations, args.rate, args.loads, args.min_requests) for n in args.replicas
     ]

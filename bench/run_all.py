@@ -256,10 +256,10 @@ def git_describe() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    refuse_strays()
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="under 5 minutes: fewer runs")
     args = ap.parse_args(argv)
+    refuse_strays()  # after the arguments: --help needs no clean machine
     mode = "quick" if args.quick else "full"
     t0, commit = time.monotonic(), git_describe()
     with tempfile.TemporaryDirectory(prefix="tk-bench-all-") as tmp:

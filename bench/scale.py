@@ -339,13 +339,13 @@ def table(res: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    refuse_strays()
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="4,20,100")
     ap.add_argument("--supervisord-sizes", default="4,20,100")
     ap.add_argument("--window", type=float, default=60)
     ap.add_argument("--settle", type=float, default=10)
     args = ap.parse_args(argv)
+    refuse_strays()  # after the arguments: --help needs no clean machine
     sizes = [int(x) for x in args.sizes.split(",") if x]
     sd = [int(x) for x in args.supervisord_sizes.split(",") if x]
     with tempfile.TemporaryDirectory(prefix="tk-bench-scale-") as tmp:

@@ -179,11 +179,11 @@ def table(res: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    refuse_strays()
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--ready-runs", type=int, default=5)
     args = ap.parse_args(argv)
+    refuse_strays()  # after the arguments: --help needs no clean machine
     with tempfile.TemporaryDirectory(prefix="tk-bench-start-") as tmp:
         res = run(Path(tmp), args.runs, args.ready_runs)
     RESULTS.mkdir(exist_ok=True)

@@ -135,11 +135,11 @@ def bench_idle(sim: Sim, workdir: Path, seconds: float) -> dict[str, float]:
 
 
 def main() -> int:
-    refuse_strays()
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--idle-seconds", type=float, default=60)
     args = ap.parse_args()
+    refuse_strays()  # after the arguments: --help needs no clean machine
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="tk-bench-") as tmp, Origin() as origin:
         work = Path(tmp)
