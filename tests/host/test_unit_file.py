@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import TUNNELKEEPER
-from tunnelkeeper.config.model import DaemonConfig, TunnelConfig
+from tunnelkeeper.config.model import DaemonConfig, TunnelConfig, defaults
 from tunnelkeeper.supervise.replica import EXTRA_KILL_WAIT_SECONDS
 
 SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
@@ -142,11 +142,13 @@ def test_unit_directories_match_config_defaults() -> None:
 
 def test_timeouts_cover_default_drain_and_start() -> None:
     s = settings(UNIT)
-    drain = TunnelConfig.grace_period_seconds + EXTRA_KILL_WAIT_SECONDS
+    drain = defaults(TunnelConfig)["grace_period_seconds"] + EXTRA_KILL_WAIT_SECONDS
     assert seconds(s["TimeoutStopSec"][0]) > drain
-    assert seconds(s["TimeoutStartSec"][0]) > DaemonConfig.ready_timeout_seconds
+    assert seconds(s["TimeoutStartSec"][0]) > defaults(DaemonConfig)["ready_timeout_seconds"]
     watchdog = seconds(s["WatchdogSec"][0])
-    assert watchdog >= 10 * DaemonConfig.probe_interval_seconds  # many loop turns per period
+    assert (
+        watchdog >= 10 * defaults(DaemonConfig)["probe_interval_seconds"]
+    )  # many loop turns per period
 
 
 def test_hardening_required_by_issue_6() -> None:

@@ -20,7 +20,7 @@ import pytest
 from tests.harness import CLOUDFLARED_SIM, TUNNELKEEPER, stop_process
 from tests.waiting import wait_until
 from tunnelkeeper.config.load import parse_config
-from tunnelkeeper.config.model import DaemonConfig
+from tunnelkeeper.config.model import DaemonConfig, defaults
 from tunnelkeeper.tunneltoken import TunnelToken
 
 pytestmark = pytest.mark.system
@@ -62,7 +62,7 @@ def minimal_config(tmp_path: Path) -> str:
 
 def test_the_config_default_is_loopback(tmp_path: Path) -> None:
     config = parse_config(minimal_config(tmp_path), tmp_path / "config.toml")
-    assert config.daemon.listen == DaemonConfig.listen == "127.0.0.1:9105"
+    assert config.daemon.listen == defaults(DaemonConfig)["listen"] == "127.0.0.1:9105"
     assert config.daemon.listen_host == "127.0.0.1"
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
+import msgspec
 import pytest
 from structlog.testing import capture_logs
 
@@ -293,8 +293,8 @@ async def test_misconfigured_auth_and_tls_are_clean_errors(bao: Bao, tmp_path: P
     with pytest.raises(TokenSourceError, match="set token_file"):
         open_source(base)
     with pytest.raises(TokenSourceError, match="needs role_id_file and secret_id_file"):
-        open_source(dataclasses.replace(base, role_id_file=tmp_path / "r"))
-    bad_ca = dataclasses.replace(
+        open_source(msgspec.structs.replace(base, role_id_file=tmp_path / "r"))
+    bad_ca = msgspec.structs.replace(
         base, token_file=token_file(tmp_path, "t"), ca_cert=tmp_path / "missing-ca.pem"
     )
     source = open_source(bad_ca)
@@ -305,7 +305,7 @@ async def test_misconfigured_auth_and_tls_are_clean_errors(bao: Bao, tmp_path: P
         await source.aclose()
     with capture_logs() as logs:
         skipping = open_source(
-            dataclasses.replace(bad_ca, addr=bao.addr), environ={"VAULT_SKIP_VERIFY": "true"}
+            msgspec.structs.replace(bad_ca, addr=bao.addr), environ={"VAULT_SKIP_VERIFY": "true"}
         )
         try:
             with pytest.raises(TokenSourceError, match="permission denied"):

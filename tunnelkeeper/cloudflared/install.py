@@ -35,8 +35,9 @@ import platform
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from tunnelkeeper.cloudflared.download import DownloadError, fetch_verified, file_digest, shown_url
 from tunnelkeeper.cloudflared.versions import CloudflaredVersion, VersionError, parse_version_output
@@ -62,8 +63,7 @@ class InstallError(TunnelkeeperError):
     """The install was refused or failed; ``path`` still names what it named before."""
 
 
-@dataclass(frozen=True)
-class InstallResult:
+class InstallResult(msgspec.Struct, frozen=True):
     version: str
     binary: Path  # state_dir/cloudflared/<version>/cloudflared
     path: Path  # the configured cloudflared.path, now a symlink to binary (if switched)

@@ -24,8 +24,9 @@ people, so the wall clock is right here; policy timers elsewhere use the monoton
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import date, datetime
+
+import msgspec
 
 from tunnelkeeper.errors import TunnelkeeperError
 
@@ -40,8 +41,7 @@ class VersionError(TunnelkeeperError):
     """A version string or ``--version`` output that does not parse."""
 
 
-@dataclass(frozen=True, order=True)
-class CloudflaredVersion:
+class CloudflaredVersion(msgspec.Struct, frozen=True, order=True):
     year: int
     month: int
     patch: int
@@ -63,8 +63,7 @@ class CloudflaredVersion:
         return date(self.year, self.month, 1)
 
 
-@dataclass(frozen=True)
-class VersionOutput:
+class VersionOutput(msgspec.Struct, frozen=True):
     """What ``cloudflared --version`` said."""
 
     version: CloudflaredVersion

@@ -8,8 +8,18 @@ from pathlib import Path
 
 from tunnelkeeper.alertcatalog import ALERT_NAMES
 from tunnelkeeper.config.fields import Section
-from tunnelkeeper.config.model import SEVERITIES, AlertOverride, AlertsConfig, SinkConfig
+from tunnelkeeper.config.model import (
+    SEVERITIES,
+    AlertOverride,
+    AlertsConfig,
+    SinkConfig,
+    defaults,
+)
 from tunnelkeeper.config.wording import describe, suggestion
+
+ALERTS = defaults(AlertsConfig)
+OVERRIDE = defaults(AlertOverride)
+SINK = defaults(SinkConfig)
 
 SINK_KINDS = ("webhook", "slack", "pagerduty", "alertmanager")
 PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
@@ -28,20 +38,18 @@ _KIND_KEYS = {
 def read_alerts(top: Section) -> AlertsConfig:
     a = top.table("alerts") or Section({}, ("alerts",), top.problems)
     config = AlertsConfig(
-        for_seconds=a.number("for_seconds", AlertsConfig.for_seconds, ge=0),
-        resolve_hold_seconds=a.number(
-            "resolve_hold_seconds", AlertsConfig.resolve_hold_seconds, ge=0
-        ),
+        for_seconds=a.number("for_seconds", ALERTS["for_seconds"], ge=0),
+        resolve_hold_seconds=a.number("resolve_hold_seconds", ALERTS["resolve_hold_seconds"], ge=0),
         max_retry_after_seconds=a.number(
-            "max_retry_after_seconds", AlertsConfig.max_retry_after_seconds, ge=0
+            "max_retry_after_seconds", ALERTS["max_retry_after_seconds"], ge=0
         ),
-        inhibit=a.boolean("inhibit", AlertsConfig.inhibit),
+        inhibit=a.boolean("inhibit", ALERTS["inhibit"]),
         resend_interval_seconds=a.number(
-            "resend_interval_seconds", AlertsConfig.resend_interval_seconds, ge=1, le=120
+            "resend_interval_seconds", ALERTS["resend_interval_seconds"], ge=1, le=120
         ),
-        group_by_tunnel=a.boolean("group_by_tunnel", AlertsConfig.group_by_tunnel),
+        group_by_tunnel=a.boolean("group_by_tunnel", ALERTS["group_by_tunnel"]),
         group_window_seconds=a.number(
-            "group_window_seconds", AlertsConfig.group_window_seconds, ge=0, le=3600
+            "group_window_seconds", ALERTS["group_window_seconds"], ge=0, le=3600
         ),
         overrides=_read_overrides(a),
         sinks=_read_sinks(a),
@@ -67,7 +75,7 @@ def _read_overrides(a: Section) -> dict[str, AlertOverride]:
         override = AlertOverride(
             for_seconds=s.number("for_seconds", 0.0, ge=0) if s.has("for_seconds") else None,
             severity=(s.choice("severity", "", SEVERITIES) or None) if s.has("severity") else None,
-            enabled=s.boolean("enabled", AlertOverride.enabled),
+            enabled=s.boolean("enabled", OVERRIDE["enabled"]),
         )
         s.finish()
         out[label] = override
@@ -125,8 +133,8 @@ def _read_sink(s: Section, index: int | str, repeats: Counter[str]) -> SinkConfi
         headers=(
             s.string_table("headers", HEADER_NAME, "HTTP header") if "headers" in allowed else {}
         ),
-        min_severity=s.choice("min_severity", SinkConfig.min_severity, SEVERITIES),
-        timeout_seconds=s.number("timeout_seconds", SinkConfig.timeout_seconds, gt=0, le=120),
+        min_severity=s.choice("min_severity", SINK["min_severity"], SEVERITIES),
+        timeout_seconds=s.number("timeout_seconds", SINK["timeout_seconds"], gt=0, le=120),
     )
     elsewhere = {
         key: f'not used by kind "{kind}" (only by {", ".join(kinds)})'

@@ -7,14 +7,23 @@ in the daemon only ever sees these types. Durations are float seconds.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import msgspec
 
 from tunnelkeeper.config.listen import DEFAULT_LISTEN, split_listen
 
 
-@dataclass(frozen=True)
-class DaemonConfig:
+def defaults(cls: type[msgspec.Struct]) -> Mapping[str, Any]:
+    """A config type's field defaults by name, for the loaders (msgspec keeps them off the
+    class: ``DaemonConfig.listen`` is a slot, not the default)."""
+    names = cls.__struct_fields__
+    values = cls.__struct_defaults__
+    return dict(zip(names[len(names) - len(values) :], values, strict=True))
+
+
+class DaemonConfig(msgspec.Struct, frozen=True):
     host: str
     listen: str = DEFAULT_LISTEN
     state_dir: Path = Path("/var/lib/tunnelkeeper")
@@ -47,15 +56,13 @@ class DaemonConfig:
         return split_listen(self.listen)[1]
 
 
-@dataclass(frozen=True)
-class InstallConfig:
+class InstallConfig(msgspec.Struct, frozen=True):
     version: str
     url: str
     sha256: str
 
 
-@dataclass(frozen=True)
-class CloudflaredConfig:
+class CloudflaredConfig(msgspec.Struct, frozen=True):
     path: Path = Path("/usr/local/bin/cloudflared")
     args: tuple[str, ...] = ()
     install: InstallConfig | None = None
@@ -64,36 +71,31 @@ class CloudflaredConfig:
 # --- token sources -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FileSourceConfig:
+class FileSourceConfig(msgspec.Struct, frozen=True):
     path: Path
     poll_seconds: float = 1.0
     kind: str = "file"
 
 
-@dataclass(frozen=True)
-class EnvSourceConfig:
+class EnvSourceConfig(msgspec.Struct, frozen=True):
     var: str
     kind: str = "env"
 
 
-@dataclass(frozen=True)
-class SystemdCredentialSourceConfig:
+class SystemdCredentialSourceConfig(msgspec.Struct, frozen=True):
     name: str
     kind: str = "systemd-credential"
 
 
-@dataclass(frozen=True)
-class CommandSourceConfig:
+class CommandSourceConfig(msgspec.Struct, frozen=True):
     argv: tuple[str, ...]
     timeout_seconds: float = 30.0
     poll_seconds: float = 60.0
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = msgspec.field(default_factory=dict)
     kind: str = "command"
 
 
-@dataclass(frozen=True)
-class VaultSourceConfig:
+class VaultSourceConfig(msgspec.Struct, frozen=True):
     addr: str
     path: str
     mount: str = "secret"
@@ -109,8 +111,7 @@ class VaultSourceConfig:
     kind: str = "vault"
 
 
-@dataclass(frozen=True)
-class AwsSourceConfig:
+class AwsSourceConfig(msgspec.Struct, frozen=True):
     secret_id: str
     region: str | None = None
     endpoint_url: str | None = None
@@ -129,8 +130,7 @@ TokenSourceConfig = (
 )
 
 
-@dataclass(frozen=True)
-class TunnelConfig:
+class TunnelConfig(msgspec.Struct, frozen=True):
     name: str
     token: TokenSourceConfig
     id: str | None = None
@@ -151,28 +151,25 @@ class TunnelConfig:
 SEVERITIES = ("info", "warning", "critical")
 
 
-@dataclass(frozen=True)
-class AlertOverride:
+class AlertOverride(msgspec.Struct, frozen=True):
     for_seconds: float | None = None
     severity: str | None = None
     enabled: bool = True
 
 
-@dataclass(frozen=True)
-class SinkConfig:
+class SinkConfig(msgspec.Struct, frozen=True):
     kind: str  # webhook | slack | pagerduty | alertmanager
     name: str  # metric label; default: kind, or kind-N when several of a kind
     url: str | None = None
     url_file: Path | None = None  # for URLs that are secrets (Slack)
     signing_secret_file: Path | None = None  # webhook: Standard Webhooks whsec_ secret
     routing_key_file: Path | None = None  # pagerduty integration key
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = msgspec.field(default_factory=dict)
     min_severity: str = "info"
     timeout_seconds: float = 10.0
 
 
-@dataclass(frozen=True)
-class AlertsConfig:
+class AlertsConfig(msgspec.Struct, frozen=True):
     for_seconds: float = 5.0
     # a firing alert resolves once its condition has been clear this long (flap damping)
     resolve_hold_seconds: float = 30.0
@@ -188,12 +185,11 @@ class AlertsConfig:
     resend_interval_seconds: float = 45.0
     group_by_tunnel: bool = True
     group_window_seconds: float = 5.0
-    overrides: Mapping[str, AlertOverride] = field(default_factory=dict)
+    overrides: Mapping[str, AlertOverride] = msgspec.field(default_factory=dict)
     sinks: tuple[SinkConfig, ...] = ()
 
 
-@dataclass(frozen=True)
-class FleetConfig:
+class FleetConfig(msgspec.Struct, frozen=True):
     account_id: str
     api_token_file: Path
     api_url: str = "https://api.cloudflare.com/client/v4"
@@ -202,13 +198,12 @@ class FleetConfig:
     request_budget: int = 300
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(msgspec.Struct, frozen=True):
     path: Path
     daemon: DaemonConfig
     cloudflared: CloudflaredConfig
     tunnels: tuple[TunnelConfig, ...]
-    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
     fleet: FleetConfig | None = None
 
     def tunnel(self, name: str) -> TunnelConfig | None:

@@ -9,7 +9,17 @@ from urllib.parse import urlsplit
 
 from tunnelkeeper.config.fields import Section, url_problem
 from tunnelkeeper.config.listen import listen_problem
-from tunnelkeeper.config.model import CloudflaredConfig, DaemonConfig, FleetConfig, InstallConfig
+from tunnelkeeper.config.model import (
+    CloudflaredConfig,
+    DaemonConfig,
+    FleetConfig,
+    InstallConfig,
+    defaults,
+)
+
+CLOUDFLARED = defaults(CloudflaredConfig)
+DAEMON = defaults(DaemonConfig)
+FLEET = defaults(FleetConfig)
 
 LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -32,41 +42,39 @@ _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 def read_daemon(top: Section) -> DaemonConfig:
     d = top.table("daemon") or Section({}, ("daemon",), top.problems)
-    listen = d.text("listen", DaemonConfig.listen)
+    listen = d.text("listen", DAEMON["listen"])
     reason = listen_problem(listen)
     if reason is not None:
         d.expected("listen", f'"HOST:PORT" or "[IPv6]:PORT" ({reason})', listen)
-        listen = DaemonConfig.listen
+        listen = DAEMON["listen"]
     config = DaemonConfig(
         host=d.text("host", "") or socket.gethostname(),
         listen=listen,
-        state_dir=d.path("state_dir", DaemonConfig.state_dir),
-        runtime_dir=d.path("runtime_dir", DaemonConfig.runtime_dir),
+        state_dir=d.path("state_dir", DAEMON["state_dir"]),
+        runtime_dir=d.path("runtime_dir", DAEMON["runtime_dir"]),
         probe_interval_seconds=d.number(
-            "probe_interval_seconds", DaemonConfig.probe_interval_seconds, gt=0, le=60
+            "probe_interval_seconds", DAEMON["probe_interval_seconds"], gt=0, le=60
         ),
         metrics_interval_seconds=d.number(
-            "metrics_interval_seconds", DaemonConfig.metrics_interval_seconds, gt=0, le=600
+            "metrics_interval_seconds", DAEMON["metrics_interval_seconds"], gt=0, le=600
         ),
         unresponsive_after_seconds=d.number(
-            "unresponsive_after_seconds", DaemonConfig.unresponsive_after_seconds, gt=0
+            "unresponsive_after_seconds", DAEMON["unresponsive_after_seconds"], gt=0
         ),
         ready_timeout_seconds=d.number(
-            "ready_timeout_seconds", DaemonConfig.ready_timeout_seconds, gt=0
+            "ready_timeout_seconds", DAEMON["ready_timeout_seconds"], gt=0
         ),
-        crash_loop_restarts=d.integer(
-            "crash_loop_restarts", DaemonConfig.crash_loop_restarts, ge=2
-        ),
+        crash_loop_restarts=d.integer("crash_loop_restarts", DAEMON["crash_loop_restarts"], ge=2),
         crash_loop_window_seconds=d.number(
-            "crash_loop_window_seconds", DaemonConfig.crash_loop_window_seconds, gt=0
+            "crash_loop_window_seconds", DAEMON["crash_loop_window_seconds"], gt=0
         ),
-        log_format=d.choice("log_format", DaemonConfig.log_format, LOG_FORMATS),
-        log_level=d.choice("log_level", DaemonConfig.log_level, LOG_LEVELS),
+        log_format=d.choice("log_format", DAEMON["log_format"], LOG_FORMATS),
+        log_level=d.choice("log_level", DAEMON["log_level"], LOG_LEVELS),
         replica_users=d.choice(
-            "replica_users", DaemonConfig.replica_users, ("auto", "per-tunnel", "off")
+            "replica_users", DAEMON["replica_users"], ("auto", "per-tunnel", "off")
         ),
         replica_uid_base=d.integer(
-            "replica_uid_base", DaemonConfig.replica_uid_base, ge=1000, le=4_000_000_000
+            "replica_uid_base", DAEMON["replica_uid_base"], ge=1000, le=4_000_000_000
         ),
     )
     d.finish()
@@ -95,7 +103,7 @@ def read_cloudflared(top: Section) -> CloudflaredConfig:
 def _binary_path(c: Section) -> Path:
     value = c.raw("path")
     if value is None:
-        return CloudflaredConfig.path
+        return Path(CLOUDFLARED["path"])
     if (
         not isinstance(value, str)
         or not value
@@ -103,7 +111,7 @@ def _binary_path(c: Section) -> Path:
         or not (PurePosixPath(value).is_absolute() or BARE_PROGRAM.fullmatch(value))
     ):
         c.expected("path", "an absolute path (or a bare program name found on PATH)", value)
-        return CloudflaredConfig.path
+        return Path(CLOUDFLARED["path"])
     return Path(value)
 
 
@@ -154,9 +162,9 @@ def read_fleet(top: Section) -> FleetConfig | None:
     config = FleetConfig(
         account_id=account_id.lower(),
         api_token_file=f.path("api_token_file", Path(), required=True),
-        api_url=f.url("api_url", FleetConfig.api_url),
-        poll_seconds=f.number("poll_seconds", FleetConfig.poll_seconds, ge=5),
-        request_budget=f.integer("request_budget", FleetConfig.request_budget, ge=1, le=1200),
+        api_url=f.url("api_url", FLEET["api_url"]),
+        poll_seconds=f.number("poll_seconds", FLEET["poll_seconds"], ge=5),
+        request_budget=f.integer("request_budget", FLEET["request_budget"], ge=1, le=1200),
     )
     f.finish()
     return config

@@ -17,9 +17,16 @@ from tunnelkeeper.config.model import (
     TokenSourceConfig,
     TunnelConfig,
     VaultSourceConfig,
+    defaults,
 )
 from tunnelkeeper.config.sections import BARE_PROGRAM
 from tunnelkeeper.config.wording import describe, printable, suggestion
+
+AWS_SOURCE = defaults(AwsSourceConfig)
+COMMAND_SOURCE = defaults(CommandSourceConfig)
+FILE_SOURCE = defaults(FileSourceConfig)
+TUNNEL = defaults(TunnelConfig)
+VAULT_SOURCE = defaults(VaultSourceConfig)
 
 TUNNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -73,15 +80,15 @@ def _read_tunnel(t: Section, *, has_fleet: bool) -> TunnelConfig:
         name=name,
         token=_read_token(t),
         id=tunnel_id,
-        replicas=t.integer("replicas", TunnelConfig.replicas, ge=1, le=MAX_REPLICAS),
+        replicas=t.integer("replicas", TUNNEL["replicas"], ge=1, le=MAX_REPLICAS),
         grace_period_seconds=t.number(
-            "grace_period_seconds", TunnelConfig.grace_period_seconds, ge=0, le=MAX_GRACE_SECONDS
+            "grace_period_seconds", TUNNEL["grace_period_seconds"], ge=0, le=MAX_GRACE_SECONDS
         ),
         unhealthy_after_seconds=t.number(
-            "unhealthy_after_seconds", TunnelConfig.unhealthy_after_seconds, gt=0
+            "unhealthy_after_seconds", TUNNEL["unhealthy_after_seconds"], gt=0
         ),
         min_ready_connections=t.integer(
-            "min_ready_connections", TunnelConfig.min_ready_connections, ge=1, le=4
+            "min_ready_connections", TUNNEL["min_ready_connections"], ge=1, le=4
         ),
         expected_connectors=expected_connectors,
         refresh_schedule=schedule,
@@ -105,12 +112,12 @@ def _read_uuid(t: Section) -> str | None:
 
 
 def _read_timezone(t: Section) -> str:
-    name = t.text("refresh_timezone", TunnelConfig.refresh_timezone)
+    name = t.text("refresh_timezone", TUNNEL["refresh_timezone"])
     try:
         zoneinfo.ZoneInfo(name)
     except Exception:  # ZoneInfoNotFoundError, ValueError, OSError on hostile names
         t.expected("refresh_timezone", 'an IANA time zone name like "Europe/Berlin"', name)
-        return TunnelConfig.refresh_timezone
+        return str(TUNNEL["refresh_timezone"])
     return name
 
 
@@ -163,7 +170,7 @@ def _read_token(t: Section) -> TokenSourceConfig:
 def _file(s: Section) -> TokenSourceConfig:
     return FileSourceConfig(
         path=s.path("path", Path(), required=True),
-        poll_seconds=s.number("poll_seconds", FileSourceConfig.poll_seconds, gt=0),
+        poll_seconds=s.number("poll_seconds", FILE_SOURCE["poll_seconds"], gt=0),
     )
 
 
@@ -194,8 +201,8 @@ def _command(s: Section) -> TokenSourceConfig:
         )
     return CommandSourceConfig(
         argv=argv,
-        timeout_seconds=s.number("timeout_seconds", CommandSourceConfig.timeout_seconds, gt=0),
-        poll_seconds=s.number("poll_seconds", CommandSourceConfig.poll_seconds, gt=0),
+        timeout_seconds=s.number("timeout_seconds", COMMAND_SOURCE["timeout_seconds"], gt=0),
+        poll_seconds=s.number("poll_seconds", COMMAND_SOURCE["poll_seconds"], gt=0),
         env=s.string_table("env", ENV_NAME, "environment variable"),
     )
 
@@ -218,16 +225,16 @@ def _vault(s: Section) -> TokenSourceConfig:
     return VaultSourceConfig(
         addr=s.url("addr", "", required=True),
         path=s.text("path", "", required=True),
-        mount=s.text("mount", VaultSourceConfig.mount),
-        field=s.text("field", VaultSourceConfig.field),
+        mount=s.text("mount", VAULT_SOURCE["mount"]),
+        field=s.text("field", VAULT_SOURCE["field"]),
         token_file=token_file,
         role_id_file=role_id_file,
         secret_id_file=secret_id_file,
-        approle_mount=s.text("approle_mount", VaultSourceConfig.approle_mount),
+        approle_mount=s.text("approle_mount", VAULT_SOURCE["approle_mount"]),
         namespace=namespace,
         ca_cert=s.optional_path("ca_cert"),
-        poll_seconds=s.number("poll_seconds", VaultSourceConfig.poll_seconds, gt=0),
-        timeout_seconds=s.number("timeout_seconds", VaultSourceConfig.timeout_seconds, gt=0),
+        poll_seconds=s.number("poll_seconds", VAULT_SOURCE["poll_seconds"], gt=0),
+        timeout_seconds=s.number("timeout_seconds", VAULT_SOURCE["timeout_seconds"], gt=0),
     )
 
 
@@ -239,8 +246,8 @@ def _aws(s: Section) -> TokenSourceConfig:
         secret_id=s.text("secret_id", "", required=True),
         region=region,
         endpoint_url=s.optional_url("endpoint_url"),
-        poll_seconds=s.number("poll_seconds", AwsSourceConfig.poll_seconds, gt=0),
-        timeout_seconds=s.number("timeout_seconds", AwsSourceConfig.timeout_seconds, gt=0),
+        poll_seconds=s.number("poll_seconds", AWS_SOURCE["poll_seconds"], gt=0),
+        timeout_seconds=s.number("timeout_seconds", AWS_SOURCE["timeout_seconds"], gt=0),
     )
 
 

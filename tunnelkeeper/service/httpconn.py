@@ -13,9 +13,9 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import msgspec
 import structlog
 
 if TYPE_CHECKING:
@@ -35,15 +35,13 @@ def load_parser() -> None:
     import h11  # noqa: F401
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(msgspec.Struct, frozen=True):
     method: str
     path: str
     body: bytes
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(msgspec.Struct, frozen=True):
     status: int
     body: bytes
     content_type: str

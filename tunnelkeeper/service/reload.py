@@ -10,9 +10,9 @@ adoption, costs no capacity either).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
+import msgspec
 import structlog
 
 from tunnelkeeper.cloudflared.upgrade import Upgrader
@@ -33,7 +33,7 @@ async def reconfigure(
             sections=restart_for,
             note="kept as running; `systemctl restart tunnelkeeper` hands replicas over",
         )
-        new = dataclasses.replace(new, daemon=old.daemon, alerts=old.alerts, fleet=old.fleet)
+        new = msgspec.structs.replace(new, daemon=old.daemon, alerts=old.alerts, fleet=old.fleet)
     tunnels.cloudflared = new.cloudflared
     added, removed, changed = [], [], []
     for t in old.tunnels:

@@ -4,9 +4,10 @@ supervisors of tunnels removed by a reload that are still draining."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Callable, Iterator
+
+import msgspec
 
 from tunnelkeeper.config.model import CloudflaredConfig, DaemonConfig, TunnelConfig
 from tunnelkeeper.metrics import Metrics
@@ -67,7 +68,7 @@ class TunnelSet:
         """Stop feeding it and drain all its replicas (no surge: the tunnel goes away)."""
         sup = self.sups.pop(t.name)
         await self.feeds.pop(t.name).aclose()
-        sup.reconfigure(dataclasses.replace(t, replicas=0), self.cloudflared)
+        sup.reconfigure(msgspec.structs.replace(t, replicas=0), self.cloudflared)
         self.retiring.append(sup)
 
     async def renew_feed(self, t: TunnelConfig) -> None:

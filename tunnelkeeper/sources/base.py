@@ -8,14 +8,14 @@ the source and what went wrong, never the token or any other secret.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+
+import msgspec
 
 from tunnelkeeper.errors import InvalidTokenError, TunnelkeeperError
 from tunnelkeeper.tunneltoken import TunnelToken, fingerprint_of
 
 
-@dataclass(frozen=True)
-class TokenVersion:
+class TokenVersion(msgspec.Struct, frozen=True):
     """A token as read from a source, with the backend's version id (else its fingerprint)."""
 
     token: TunnelToken

@@ -13,7 +13,8 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+
+import msgspec
 
 from tunnelkeeper.sources.base import (
     MalformedTokenError,
@@ -26,20 +27,17 @@ from tunnelkeeper.sources.base import (
 REMEMBERED_REFUSALS = 16
 
 
-@dataclass(frozen=True)
-class New:
+class New(msgspec.Struct, frozen=True):
     """A valid token, different from the last accepted one; it is now ``watcher.current``."""
 
     version: TokenVersion
 
 
-@dataclass(frozen=True)
-class Unchanged:
+class Unchanged(msgspec.Struct, frozen=True):
     """Nothing new (including a refused value seen again, or the same token under a new id)."""
 
 
-@dataclass(frozen=True)
-class Refused:
+class Refused(msgspec.Struct, frozen=True):
     """The source holds a value that must not be rolled out. ``version`` names it, never the
     token; ``reason`` is safe to show."""
 
@@ -47,8 +45,7 @@ class Refused:
     reason: str
 
 
-@dataclass(frozen=True)
-class Failed:
+class Failed(msgspec.Struct, frozen=True):
     """The source could not be read. ``failing_since`` is on the watcher's monotonic clock;
     ``failures`` counts consecutive failed polls (1 on the first)."""
 

@@ -13,13 +13,13 @@ configured is stopped outright. Nothing is left unsupervised.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
 import psutil
 import structlog
 
@@ -185,7 +185,7 @@ def unlisted_entries(runtime_dir: Path, listed: set[int]) -> list[LedgerEntry]:
         n = roles.get((e.tunnel, e.slot), 0)
         roles[(e.tunnel, e.slot)] = n + 1
         role = (Role.PRIMARY, Role.SUCCESSOR)[n] if n < 2 else Role.DRAINING
-        out.append(dataclasses.replace(e, role=role.value))
+        out.append(msgspec.structs.replace(e, role=role.value))
     return out
 
 

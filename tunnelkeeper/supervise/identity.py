@@ -17,8 +17,9 @@ import hashlib
 import os
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 # 2^20 ids above the base: collisions between a handful of names are rare, and resolved below
 UID_SPAN = 1 << 20
@@ -26,8 +27,7 @@ UID_SPAN = 1 << 20
 _CAP_CHOWN, _CAP_KILL, _CAP_SETGID, _CAP_SETUID = 0, 5, 6, 7
 
 
-@dataclass(frozen=True)
-class RunAs:
+class RunAs(msgspec.Struct, frozen=True):
     uid: int
     gid: int
 

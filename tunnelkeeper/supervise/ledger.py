@@ -12,10 +12,10 @@ import contextlib
 import json
 import signal
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import psutil
 import structlog
 
@@ -27,8 +27,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("tunnelkeeper.ledger")
 
 
-@dataclass(frozen=True)
-class LedgerEntry:
+class LedgerEntry(msgspec.Struct, frozen=True):
     tunnel: str
     slot: int
     generation: int
@@ -97,7 +96,9 @@ class LedgerWriter:
 
 
 def write_ledger(path: Path, entries: list[LedgerEntry]) -> None:
-    data = json.dumps({"version": 1, "replicas": [asdict(e) for e in entries]}, indent=1)
+    data = json.dumps(
+        {"version": 1, "replicas": [msgspec.structs.asdict(e) for e in entries]}, indent=1
+    )
     write_private_file(path, data)
 
 

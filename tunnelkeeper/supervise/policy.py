@@ -18,9 +18,10 @@ carries the actions out. Rules, per tunnel and slot:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple, Protocol
+
+import msgspec
 
 
 class Phase(StrEnum):
@@ -40,8 +41,7 @@ class Role(StrEnum):
     DRAINING = "draining"
 
 
-@dataclass(frozen=True)
-class Timing:
+class Timing(msgspec.Struct, frozen=True):
     unhealthy_after_seconds: float
     unresponsive_after_seconds: float
     ready_timeout_seconds: float
@@ -158,27 +158,23 @@ def is_gate_ready(r: Observed, t: Timing) -> bool:
 # --- actions ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Spawn:
+class Spawn(msgspec.Struct, frozen=True):
     slot: int
     role: Role
     reason: str  # start | exited | no_connections | unresponsive | rotation | upgrade
 
 
-@dataclass(frozen=True)
-class Promote:
+class Promote(msgspec.Struct, frozen=True):
     key: str  # the successor; the slot's current primary (if any) drains
     reason: str
 
 
-@dataclass(frozen=True)
-class Drain:
+class Drain(msgspec.Struct, frozen=True):
     key: str
     reason: str
 
 
-@dataclass(frozen=True)
-class Abandon:
+class Abandon(msgspec.Struct, frozen=True):
     key: str  # a successor that never became ready
     reason: str
 
@@ -186,8 +182,7 @@ class Abandon:
 Action = Spawn | Promote | Drain | Abandon
 
 
-@dataclass(frozen=True)
-class TunnelPlan:
+class TunnelPlan(msgspec.Struct, frozen=True):
     replicas: int
     # the token every replica should run; None: no usable token, nothing can start
     token_fingerprint: str | None
@@ -196,8 +191,7 @@ class TunnelPlan:
     storm_backoff_until: float = 0.0
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(msgspec.Struct, frozen=True):
     actions: tuple[Action, ...]
     edge_outage_suspected: bool
     reason: str | None  # human-readable explanation when the tunnel is held back

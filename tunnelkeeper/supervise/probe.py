@@ -13,7 +13,8 @@ import json
 import re
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+
+import msgspec
 
 from tunnelkeeper.supervise.probewire import Wire, WireError
 
@@ -36,8 +37,7 @@ def version_from_line(message: str) -> str | None:
     return match[1] if match else None
 
 
-@dataclass(frozen=True)
-class ReadyResult:
+class ReadyResult(msgspec.Struct, frozen=True):
     answered: bool  # False: no HTTP answer (refused, timeout, garbage)
     ready_connections: int = 0
     connector_id: str | None = None

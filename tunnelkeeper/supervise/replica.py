@@ -16,10 +16,10 @@ import os
 import signal
 import subprocess
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psutil
 import structlog
 
@@ -40,8 +40,7 @@ REPLICA_NICE = 5
 log = structlog.get_logger("tunnelkeeper.replica")
 
 
-@dataclass(frozen=True, order=True)
-class ReplicaId:
+class ReplicaId(msgspec.Struct, frozen=True, order=True):
     tunnel: str
     slot: int
     generation: int
@@ -50,8 +49,7 @@ class ReplicaId:
         return f"{self.tunnel}/{self.slot}#{self.generation}"
 
 
-@dataclass(frozen=True)
-class SpawnSpec:
+class SpawnSpec(msgspec.Struct, frozen=True):
     binary: Path
     extra_args: tuple[str, ...]
     label: str
