@@ -119,8 +119,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         gc.disable()
         from tunnelkeeper.noopenssl import import_stdlib_without_openssl
 
-        import_stdlib_without_openssl()  # first: anything below may import them
-        from tunnelkeeper.service.daemon import run_command
+        # first: anything below may import them (asyncio: later, see service/startup.py)
+        import_stdlib_without_openssl(("hashlib", "hmac", "secrets"))
+        from tunnelkeeper.service.startup import run_command
 
         return run_command(args.config)
     if cmd == "check":

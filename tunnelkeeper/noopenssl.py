@@ -22,7 +22,9 @@ built-in implementations (the same digests; ``tests/unit/test_noopenssl.py`` com
 cloudflared-sim does the same before its event loop: its edge link and metrics server are
 plain HTTP on loopback, and its origin proxy (aiohttp, loaded later) imports ``ssl`` itself.
 
-Call it first thing; once either is loaded, it does nothing.
+Call it before anything imports them; once either library is loaded, it does nothing. It may be
+called more than once: ``tunnelkeeper run`` imports hashlib (token fingerprints) for its early
+launch, then asyncio with the rest of the daemon.
 """
 
 from __future__ import annotations
@@ -34,13 +36,13 @@ HIDDEN = ("ssl", "_hashlib")
 LOADED_WITHOUT = ("asyncio", "hashlib", "hmac", "secrets")
 
 
-def import_stdlib_without_openssl() -> None:
+def import_stdlib_without_openssl(names: tuple[str, ...] = LOADED_WITHOUT) -> None:
     if any(name in sys.modules for name in HIDDEN):
         return  # too late: OpenSSL is loaded already, and the modules use it
     for name in HIDDEN:
         sys.modules[name] = None  # type: ignore[assignment]  # `import ssl` raises ImportError
     try:
-        for name in LOADED_WITHOUT:
+        for name in names:
             importlib.import_module(name)
     finally:
         for name in HIDDEN:

@@ -157,7 +157,8 @@ def test_metrics_port_taken_by_another_program_is_retried_on_another_port(
     fresh port. Reproduced here by handing the replica a port another socket holds."""
     import asyncio
 
-    from tunnelkeeper.supervise.replica import ReplicaId, ReplicaProcess, SpawnSpec
+    from tunnelkeeper.supervise.launch import ReplicaId, SpawnSpec
+    from tunnelkeeper.supervise.replica import ReplicaProcess
     from tunnelkeeper.tunneltoken import TunnelToken
 
     holder = socket.socket()

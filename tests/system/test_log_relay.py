@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.waiting import wait_until
-from tunnelkeeper.supervise.logtail import LogTail, open_for_child, raise_ceiling
+from tunnelkeeper.supervise.launch import open_for_child, raise_ceiling
+from tunnelkeeper.supervise.logtail import LogTail
 
 pytestmark = pytest.mark.system
 

@@ -11,9 +11,7 @@ fail-static machinery, guards, API tasks and the tunnel set are already split ou
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,15 +22,10 @@ import structlog
 from tunnelkeeper import __version__
 from tunnelkeeper.cloudflared.upgrade import Upgrader
 from tunnelkeeper.config.model import Config
-from tunnelkeeper.logconfig import configure
 from tunnelkeeper.metrics import Metrics
+from tunnelkeeper.service.coldstart import Launched
 from tunnelkeeper.service.endpoints import Endpoints
-from tunnelkeeper.service.guards import (
-    AlreadyRunning,
-    forbid_core_dumps,
-    lock_dirs,
-    settle_after_start,
-)
+from tunnelkeeper.service.guards import settle_after_start
 from tunnelkeeper.service.httpconn import connection_cap, raise_nofile_limit
 from tunnelkeeper.service.notify import Notifier
 from tunnelkeeper.service.resilience import (
@@ -41,6 +34,7 @@ from tunnelkeeper.service.resilience import (
     keep_looping,
     quietly,
 )
+from tunnelkeeper.service.startup import LEDGER_FILE
 from tunnelkeeper.service.tunnelset import TunnelSet
 from tunnelkeeper.service.web import DaemonWeb
 from tunnelkeeper.supervise.adoption import adopt_all
@@ -58,8 +52,17 @@ log = structlog.get_logger("tunnelkeeper.daemon")
 class Daemon(Endpoints):
     _tunnel_conditions: Callable[..., list[Condition]]  # set by _start_services
 
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        locks: list[int],
+        launched: Launched | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
+        self._locks = locks  # state_dir's and runtime_dir's (startup.py): held while we run
+        self.launched = launched or {}  # slot 0 of each tunnel, by a cold start (coldstart.py)
         self.clock = clock
         self.metrics = Metrics()
         self.wake = asyncio.Event()
@@ -80,11 +83,10 @@ class Daemon(Endpoints):
             clock=clock,
         )
         self.upgrader = Upgrader(config.cloudflared, config.daemon.state_dir)
-        self.ledger = LedgerWriter(config.daemon.state_dir / "replicas.json")
+        self.ledger = LedgerWriter(config.daemon.state_dir / LEDGER_FILE)
         self._ready_sent = False
         self.handover = False
         self.exit_code = 0
-        self._locks: list[int] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
         self._status_line = ""
@@ -109,28 +111,6 @@ class Daemon(Endpoints):
         loop.add_signal_handler(signal.SIGUSR2, self._on_handover)
         # a replica of ours stopped (SIGSTOP, a debugger) or continued: known at once
         loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
-        for key, d in (
-            ("daemon.state_dir", cfg.daemon.state_dir),
-            ("daemon.runtime_dir", cfg.daemon.runtime_dir),
-        ):
-            try:
-                d.mkdir(parents=True, exist_ok=True, mode=0o700)
-            except OSError as exc:
-                print(
-                    f"tunnelkeeper: {key}: cannot create {d}: {exc.strerror or exc}",
-                    file=sys.stderr,
-                )
-                return EXIT_CONFIG
-        try:
-            self._locks = lock_dirs(
-                [
-                    ("daemon.state_dir", cfg.daemon.state_dir),
-                    ("daemon.runtime_dir", cfg.daemon.runtime_dir),
-                ]
-            )
-        except (AlreadyRunning, OSError) as exc:
-            print(f"tunnelkeeper: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
         nofile = raise_nofile_limit()
         self.web.max_connections = connection_cap(nofile, sum(t.replicas for t in cfg.tunnels))
         try:
@@ -173,9 +153,12 @@ class Daemon(Endpoints):
         run niced, so the daemon's imports would come first and delay them."""
         for t in cfg.tunnels:
             self.tunnels.add(t)
-        adopted, stopped = adopt_all(self.ledger.path, self.tunnels.sups, cfg.daemon.runtime_dir)
+        adopted, stopped = adopt_all(
+            self.ledger.path, self.tunnels.sups, cfg.daemon.runtime_dir, self.launched
+        )
         if adopted or stopped:
             log.info("replicas_adopted", adopted=adopted, stopped=stopped)
+        self._reap_untaken_launches()
         self.ledger.write(self.tunnels.replicas())
         self.upgrader.attach(self.tunnels.sups)
         await self.upgrader.prepare(cfg.cloudflared)
@@ -207,6 +190,16 @@ class Daemon(Endpoints):
             listen=cfg.daemon.listen,
             tunnels=[t.name for t in cfg.tunnels],
         )
+
+    def _reap_untaken_launches(self) -> None:
+        """A replica the cold start launched that adoption did not take (its record did not
+        verify: never seen) is stopped, not left running unsupervised."""
+        taken = {r.proc.pid for r in self.tunnels.replicas()}
+        for pid, child in self.launched.items():
+            if pid not in taken:
+                log.warning("early_replica_not_taken", pid=pid, action="stopping it")
+                child.kill()
+                child.wait()
 
     async def _start_services(self, cfg: Config) -> None:
         """Alerting and the Cloudflare API tasks, imported here and not at start-up. Then
@@ -388,28 +381,3 @@ LAG_SAMPLE_SECONDS = 0.5
 SERVICES_AFTER_SECONDS = 1.0
 # past an alert's deadline by this much, so the evaluation at the wake-up sees it due
 DEADLINE_SLACK_SECONDS = 0.001
-# sysexits.h EX_CONFIG: the unit's RestartPreventExitStatus= stops systemd from restarting a
-# daemon that can only fail the same way again until someone fixes the config.
-EXIT_CONFIG = 78
-
-
-def run_command(config_path: str) -> int:
-    from tunnelkeeper.config.load import ConfigError, load_config
-
-    forbid_core_dumps()  # before anything secret is read
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        print(f"tunnelkeeper: invalid config:\n{exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    configure(config.daemon.log_level, config.daemon.log_format)
-    binary = config.cloudflared.path
-    managed = config.cloudflared.install is not None  # the daemon installs it at start
-    if not managed and not (binary.is_file() and os.access(binary, os.X_OK)):
-        print(
-            f"tunnelkeeper: cloudflared.path: {binary} is not an executable file "
-            "(run `tunnelkeeper install` or fix the path)",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG
-    return asyncio.run(Daemon(config).run())

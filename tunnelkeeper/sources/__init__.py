@@ -23,9 +23,6 @@ from tunnelkeeper.sources.base import (
     TokenSourceError,
     TokenVersion,
 )
-from tunnelkeeper.sources.command import CommandSource
-from tunnelkeeper.sources.file import FileSource
-from tunnelkeeper.sources.static import EnvSource, SystemdCredentialSource
 from tunnelkeeper.sources.watch import Failed, New, Refused, TokenWatcher, Unchanged, WatchEvent
 
 __all__ = [
@@ -52,17 +49,27 @@ def open_source(
     """Build the source for ``cfg``. No network I/O happens here; an env source reads (and,
     from the real environment, removes) its variable now. ``environ`` replaces os.environ for
     lookups (and is never modified)."""
+    # Each source's module loads when one is configured: the package itself stays light, for a
+    # cold start's early launch, which reads local tokens before the event loop is imported.
     if isinstance(cfg, FileSourceConfig):
+        from tunnelkeeper.sources.file import FileSource
+
         return FileSource(cfg.path)
     if isinstance(cfg, EnvSourceConfig):
+        from tunnelkeeper.sources.static import EnvSource
+
         return EnvSource(cfg.var, environ)
     if isinstance(cfg, SystemdCredentialSourceConfig):
+        from tunnelkeeper.sources.static import SystemdCredentialSource
+
         return SystemdCredentialSource(cfg.name, environ=environ, credentials_dir=credentials_dir)
     if isinstance(cfg, CommandSourceConfig):
+        from tunnelkeeper.sources.command import CommandSource
+
         return CommandSource(
             cfg.argv, timeout_seconds=cfg.timeout_seconds, env=cfg.env, environ=environ
         )
-    if isinstance(cfg, VaultSourceConfig):  # the two network sources load only if configured
+    if isinstance(cfg, VaultSourceConfig):
         from tunnelkeeper.sources.vault import VaultSource
 
         return VaultSource(cfg, environ=environ)

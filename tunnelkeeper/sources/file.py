@@ -8,55 +8,13 @@ parse and is refused; the completed write changes the signature again and is rea
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
-import stat
 from pathlib import Path
 
 from tunnelkeeper.atomicfile import write_private_file
 from tunnelkeeper.sources.base import TokenSource, TokenSourceError, TokenVersion, parse_token
+from tunnelkeeper.sources.local import os_reason, read_token_text
 from tunnelkeeper.tunneltoken import TunnelToken
-
-# A token is a few hundred bytes; reading stops well before anything big enough to hurt.
-MAX_FILE_BYTES = 64 * 1024
-
-
-def _os_reason(exc: OSError) -> str:
-    if exc.errno == errno.ENOENT:
-        return "no such file"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied"
-    return exc.strerror or type(exc).__name__
-
-
-def read_token_text(path: Path, description: str) -> str:
-    """Read a small regular file as text (blocking). Errors are TokenSourceError, never quoting
-    the content. FIFOs and devices are refused rather than read, so nothing can block or flood."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise TokenSourceError(f"{description}: cannot open: {_os_reason(exc)}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise TokenSourceError(f"{description}: not a regular file")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= MAX_FILE_BYTES:
-            chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as exc:
-        raise TokenSourceError(f"{description}: cannot read: {_os_reason(exc)}") from None
-    finally:
-        os.close(fd)
-    if size > MAX_FILE_BYTES:
-        raise TokenSourceError(f"{description}: file is larger than {MAX_FILE_BYTES} bytes")
-    try:
-        return b"".join(chunks).decode("utf-8")
-    except UnicodeDecodeError:
-        raise TokenSourceError(f"{description}: file is not UTF-8 text") from None
 
 
 class FileSource(TokenSource):
@@ -75,7 +33,7 @@ class FileSource(TokenSource):
         try:
             st = os.stat(self.path)
         except OSError as exc:
-            raise TokenSourceError(f"{self.description}: cannot stat: {_os_reason(exc)}") from None
+            raise TokenSourceError(f"{self.description}: cannot stat: {os_reason(exc)}") from None
         return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
 
     async def read(self) -> TokenVersion:
@@ -86,5 +44,5 @@ class FileSource(TokenSource):
         try:
             await asyncio.to_thread(write_private_file, self.path, token.reveal() + "\n")
         except OSError as exc:
-            raise TokenSourceError(f"{self.description}: cannot write: {_os_reason(exc)}") from None
+            raise TokenSourceError(f"{self.description}: cannot write: {os_reason(exc)}") from None
         return token.fingerprint

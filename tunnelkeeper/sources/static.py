@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from tunnelkeeper.sources.base import TokenSource, TokenSourceError, TokenVersion, parse_token
-from tunnelkeeper.sources.file import read_token_text
+from tunnelkeeper.sources.local import credential_path, read_token_text
 
 # Constant signature: the watcher reads a static source once, then only when forced.
 STATIC_SIGNATURE = "static"
@@ -60,14 +60,7 @@ class SystemdCredentialSource(TokenSource):
         )
 
     def _path(self) -> Path:
-        if not self.name or "/" in self.name or self.name in (".", ".."):
-            raise TokenSourceError(f"{self.description}: not a valid credential name")
-        if not self._dir:
-            raise TokenSourceError(
-                f"{self.description}: CREDENTIALS_DIRECTORY is not set; run tunnelkeeper "
-                f"from a systemd unit with LoadCredential={self.name}:<path>"
-            )
-        return Path(self._dir) / self.name
+        return credential_path(self.name, self.description, self._dir)
 
     async def current_version(self) -> str | None:
         return STATIC_SIGNATURE

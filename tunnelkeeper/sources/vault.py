@@ -22,7 +22,7 @@ from tunnelkeeper.sources.base import (
     TokenVersion,
     parse_token,
 )
-from tunnelkeeper.sources.file import read_token_text
+from tunnelkeeper.sources.local import read_token_text
 from tunnelkeeper.tunneltoken import TunnelToken
 
 if TYPE_CHECKING:  # imported where used: the daemon loads httpx only if it needs it

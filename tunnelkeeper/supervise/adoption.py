@@ -14,6 +14,7 @@ configured is stopped outright. Nothing is left unsupervised.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ import structlog
 
 from tunnelkeeper.errors import InvalidTokenError
 from tunnelkeeper.supervise.identity import RunAs
+from tunnelkeeper.supervise.launch import ReplicaId, SpawnSpec
 from tunnelkeeper.supervise.ledger import (
     LedgerEntry,
     find_process,
@@ -34,7 +36,7 @@ from tunnelkeeper.supervise.ledger import (
 )
 from tunnelkeeper.supervise.policy import Role
 from tunnelkeeper.supervise.records import Replica
-from tunnelkeeper.supervise.replica import ReplicaId, ReplicaProcess, SpawnSpec
+from tunnelkeeper.supervise.replica import ReplicaProcess
 from tunnelkeeper.supervise.supervisor import TunnelSupervisor
 from tunnelkeeper.tunneltoken import TunnelToken
 
@@ -46,7 +48,15 @@ log = structlog.get_logger("tunnelkeeper.adoption")
 UNKNOWN_TOKEN = TunnelToken("", "", b"")
 
 
-def adopt_one(sup: TunnelSupervisor, entry: LedgerEntry, create_time: float) -> None:
+def adopt_one(
+    sup: TunnelSupervisor,
+    entry: LedgerEntry,
+    create_time: float,
+    child: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Take over the replica ``entry`` lists. ``child``: it is this daemon's own, launched by its
+    cold start (service/coldstart.py) before the supervisors existed; it is then supervised as
+    spawned, not adopted (reaped, its log relayed from the first line)."""
     try:
         token = TunnelToken.parse(Path(entry.token_file).read_text())
     except (OSError, InvalidTokenError) as exc:
@@ -76,13 +86,16 @@ def adopt_one(sup: TunnelSupervisor, entry: LedgerEntry, create_time: float) -> 
         run_as=_runs_as(entry.pid),
     )
     proc = ReplicaProcess(rid, spec, token, sup.on_exit)
-    proc.adopt(entry.pid, create_time)
+    if child is not None:
+        proc.start(child)
+    else:
+        proc.adopt(entry.pid, create_time)
     age = max(0.0, time.time() - create_time)
     replica = Replica(
         rid,
         proc,
         role,
-        "adopted",
+        "adopted" if child is None else "start",
         sup.clock() - age,
         datetime.fromtimestamp(create_time, UTC),
         epoch=sup.epoch,
@@ -102,11 +115,16 @@ def _runs_as(pid: int) -> RunAs | None:
 
 
 def adopt_all(
-    ledger: Path, sups: Mapping[str, TunnelSupervisor], runtime_dir: Path
+    ledger: Path,
+    sups: Mapping[str, TunnelSupervisor],
+    runtime_dir: Path,
+    children: Mapping[int, subprocess.Popen[bytes]] | None = None,
 ) -> tuple[int, int]:
     """Adopt what the ledger lists, and any replica of ours it does not list (recognised by its
-    command line); stop only replicas of tunnels no longer configured. Returns (adopted,
-    stopped)."""
+    command line); stop only replicas of tunnels no longer configured. ``children``: replicas
+    this daemon's cold start launched, by pid; they are taken over as its own. Returns
+    (adopted, stopped), the cold start's children not counted."""
+    children = children or {}
     adopted = stopped = 0
     listed = read_ledger(ledger)
     verified = [(e, find_process(e)) for e in listed]
@@ -125,8 +143,9 @@ def adopt_all(
             continue
         sup = sups.get(entry.tunnel)
         if sup is not None:
-            adopt_one(sup, entry, proc.create_time())
-            adopted += 1
+            child = children.get(entry.pid)
+            adopt_one(sup, entry, proc.create_time(), child)
+            adopted += child is None
             continue
         log.warning(
             "replica_not_adopted",

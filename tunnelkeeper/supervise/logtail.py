@@ -30,6 +30,7 @@ import resource
 from collections.abc import Callable
 from pathlib import Path
 
+from tunnelkeeper.supervise.launch import BUDGET_BYTES, mark_path, raise_ceiling
 from tunnelkeeper.supervise.logwatch import until_written
 from tunnelkeeper.tasks import until_beat
 
@@ -40,7 +41,6 @@ FLOOD_BYTES = 32 * 1024
 FLOOD_READ_SECONDS = 0.5
 SKIM_KEEP_BYTES = 64 * 1024
 READ_CHUNK = 1024 * 1024
-BUDGET_BYTES = 16 * 1024 * 1024  # unread log a replica may write (space per replica)
 PUNCH_EVERY_BYTES = 1024 * 1024
 _BLOCK = 4096
 _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
@@ -54,13 +54,6 @@ CUT_MARK = b" [line cut at 16 KiB]"
 def clip(raw: bytes) -> bytes:
     """A line as it may be relayed: at most MAX_LINE_BYTES, a cut marked."""
     return raw if len(raw) <= MAX_LINE_BYTES else raw[:MAX_LINE_BYTES] + CUT_MARK
-
-
-def open_for_child(path: Path) -> int:
-    """The descriptor a child gets as stderr: append-only, private, fresh."""
-    with contextlib.suppress(OSError):
-        mark_path(path).unlink()  # a mark of an earlier file at this path
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC | os.O_CLOEXEC, 0o600)
 
 
 def punch_hole(fd: int, length: int) -> bool:
@@ -80,21 +73,6 @@ def _size(path: Path, default: int) -> int:
         return os.stat(path).st_size
     except OSError:
         return default
-
-
-def raise_ceiling(pid: int, offset: int, budget: int = BUDGET_BYTES) -> None:
-    """The replica may write its log up to ``budget`` bytes past what has been read."""
-    with contextlib.suppress(OSError, ValueError, ProcessLookupError):
-        _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
-        soft = offset + budget
-        if hard != resource.RLIM_INFINITY:
-            soft = min(soft, hard)
-        resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, hard))
-
-
-def mark_path(path: Path) -> Path:
-    """Where a tail records how far it has relayed (a line boundary), for the next daemon."""
-    return path.with_suffix(".read")
 
 
 def write_mark(path: Path, offset: int) -> None:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import psutil
 
+from tunnelkeeper.supervise.launch import ReplicaId
 from tunnelkeeper.supervise.policy import Observed, Role
-from tunnelkeeper.supervise.replica import ReplicaId, ReplicaProcess
+from tunnelkeeper.supervise.replica import ReplicaProcess
 
 
 @functools.lru_cache(maxsize=1024)  # asked for every replica on every tick

@@ -1,8 +1,4 @@
-"""One cloudflared child process: spawn it safely, watch its exit and logs, stop it.
-
-The token reaches the child only through a 0600 file named on ``--token-file``; the child's
-environment is built from an allow-list, so an inherited TUNNEL_TOKEN (which would silently
-override the file) or our own NOTIFY_SOCKET never leaks in.
+"""One cloudflared child process: launch it (launch.py), watch its exit and logs, stop it.
 
 Over 300 lines because spawn, watch, relay and stop are one process's lifecycle and share its
 state; the log tail and relay are already their own modules.
@@ -16,98 +12,29 @@ import os
 import signal
 import subprocess
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
-import msgspec
 import psutil
 import structlog
 
-from tunnelkeeper.atomicfile import write_private_file
 from tunnelkeeper.supervise.childlog import ChildLine, RecentErrors
-from tunnelkeeper.supervise.identity import RunAs
-from tunnelkeeper.supervise.logtail import READ_CHUNK, LogTail, open_for_child, raise_ceiling
+from tunnelkeeper.supervise.launch import (
+    ReplicaId,
+    SpawnSpec,
+    ensure_runtime_dir,
+    launch,
+    remove_files,
+    replica_files,
+)
+from tunnelkeeper.supervise.logtail import READ_CHUNK, LogTail
 from tunnelkeeper.supervise.probe import version_from_line
 from tunnelkeeper.supervise.relay import Relay
 from tunnelkeeper.tasks import wait_event
 from tunnelkeeper.tunneltoken import TunnelToken
 
-# Variables a child may inherit. Everything else (TUNNEL_*, NOTIFY_SOCKET, secrets) is dropped.
-ENV_ALLOW = ("PATH", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR")
 EXTRA_KILL_WAIT_SECONDS = 5.0
-REPLICA_NICE = 5
 
 log = structlog.get_logger("tunnelkeeper.replica")
-
-
-class ReplicaId(msgspec.Struct, frozen=True, order=True):
-    tunnel: str
-    slot: int
-    generation: int
-
-    def __str__(self) -> str:
-        return f"{self.tunnel}/{self.slot}#{self.generation}"
-
-
-class SpawnSpec(msgspec.Struct, frozen=True):
-    binary: Path
-    extra_args: tuple[str, ...]
-    label: str
-    grace_period_seconds: float
-    metrics_port: int
-    runtime_dir: Path
-    run_as: RunAs | None = None  # None: the daemon's own user
-
-
-def child_env() -> dict[str, str]:
-    env = {k: os.environ[k] for k in ENV_ALLOW if k in os.environ}
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    env["NO_AUTOUPDATE"] = "true"
-    return env
-
-
-def build_argv(spec: SpawnSpec, token_file: Path, config_file: Path) -> list[str]:
-    grace = f"{spec.grace_period_seconds:g}s"
-    return [
-        str(spec.binary),
-        "tunnel",
-        "--no-autoupdate",
-        "--config",
-        str(config_file),
-        "--metrics",
-        f"127.0.0.1:{spec.metrics_port}",
-        "--output",
-        "json",
-        "--grace-period",
-        grace,
-        "--label",
-        spec.label,
-        *spec.extra_args,
-        "run",
-        "--token-file",
-        str(token_file),
-    ]
-
-
-def ensure_runtime_dir(runtime_dir: Path, *, separated: bool = False) -> Path:
-    """runtime_dir/replicas plus the cloudflared config file we own (so no stray
-    /etc/cloudflared/config.yml is ever picked up). With replicas running as other users, both
-    directories are 0711 — a replica may open its own token file by name, but list nothing —
-    and the config file is world-readable (it holds no secret); else 0700."""
-    tokens = runtime_dir / "replicas"
-    tokens.mkdir(parents=True, exist_ok=True, mode=0o700)
-    mode = 0o711 if separated else 0o700
-    os.chmod(tokens, mode)
-    if separated:
-        os.chmod(runtime_dir, mode)
-    cfg = runtime_dir / "cloudflared.yml"
-    if not cfg.exists():
-        cfg.write_text(
-            "# written by tunnelkeeper; every setting comes from the command line\n"
-            "no-autoupdate: true\n"
-        )
-    os.chmod(cfg, 0o644)
-    return tokens
 
 
 class ReplicaProcess:
@@ -154,47 +81,16 @@ class ReplicaProcess:
             registered=lambda: self.on_registered(),
         )
         self._log = log.bind(tunnel=rid.tunnel, slot=rid.slot, generation=rid.generation)
-        replicas_dir = ensure_runtime_dir(spec.runtime_dir, separated=spec.run_as is not None)
-        stem = f"{rid.tunnel}.{rid.slot}.{rid.generation}"
-        self.token_file = replicas_dir / f"{stem}.token"
-        self.log_file = replicas_dir / f"{stem}.log"
+        ensure_runtime_dir(spec.runtime_dir, separated=spec.run_as is not None)
+        self.token_file, self.log_file = replica_files(spec.runtime_dir, rid)
         self._tail = self._make_tail(resume=False)
 
-    def start(self) -> None:
-        write_private_file(self.token_file, self.token.reveal())
-        run_as = self.spec.run_as
-        if run_as is not None:  # its own token, readable by it alone
-            os.chown(self.token_file, run_as.uid, run_as.gid)
-            os.chmod(self.token_file, 0o400)
-        argv = build_argv(self.spec, self.token_file, self.spec.runtime_dir / "cloudflared.yml")
-        stderr = open_for_child(self.log_file)
-        try:
-            self._popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                env=child_env(),
-                # Its own session: a terminal's Ctrl-C reaches only us (we drain it), and it
-                # outlives us if we die, to be adopted by the next daemon.
-                start_new_session=True,
-                cwd=str(self.spec.runtime_dir),
-                user=run_as.uid if run_as is not None else None,
-                group=run_as.gid if run_as is not None else None,
-                extra_groups=[] if run_as is not None else None,
-            )
-        except OSError:
-            self._remove_files()
-            raise
-        finally:
-            os.close(stderr)
+    def start(self, child: subprocess.Popen[bytes] | None = None) -> None:
+        """Launch it, or take ``child``: this replica, launched already by a cold start
+        (service/coldstart.py) with this spec and token, before the daemon had loaded."""
+        self._popen = child or launch(self.spec, self.token, self.token_file, self.log_file)
         self.pid = self._popen.pid
-        raise_ceiling(self.pid, 0)  # its log may grow only so far ahead of our reading
         self._tail = self._make_tail(resume=False)
-        with contextlib.suppress(OSError):
-            # a replica flooding its log (edge down) must not starve its supervisor of CPU:
-            # the supervisor needs little, but needs it at once
-            os.setpriority(os.PRIO_PROCESS, self.pid, REPLICA_NICE)
         self._pidfd = os.pidfd_open(self.pid)
         with contextlib.suppress(psutil.Error):
             self.create_time = psutil.Process(self.pid).create_time()
@@ -203,6 +99,7 @@ class ReplicaProcess:
             pid=self.pid,
             metrics_port=self.spec.metrics_port,
             token=self.token.fingerprint,
+            **({"early": True} if child is not None else {}),
         )
         self._start_tasks(self._wait_pidfd())
 
@@ -365,9 +262,7 @@ class ReplicaProcess:
         await self.exited.wait()
 
     def _remove_files(self) -> None:
-        for path in (self.token_file, self.log_file, self.log_file.with_suffix(".read")):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        remove_files(self.token_file, self.log_file)
 
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}

@@ -25,12 +25,13 @@ from tunnelkeeper.config.model import CloudflaredConfig, DaemonConfig, TunnelCon
 from tunnelkeeper.metrics import Metrics
 from tunnelkeeper.supervise import policy
 from tunnelkeeper.supervise.identity import RunAs
+from tunnelkeeper.supervise.launch import ReplicaId, SpawnSpec
 from tunnelkeeper.supervise.observe import Observation
 from tunnelkeeper.supervise.policy import Abandon, Drain, Promote, Role, Spawn
 from tunnelkeeper.supervise.ports import PortAllocator
 from tunnelkeeper.supervise.probe import Prober
 from tunnelkeeper.supervise.records import Replica, SlotState
-from tunnelkeeper.supervise.replica import ReplicaId, ReplicaProcess, SpawnSpec
+from tunnelkeeper.supervise.replica import ReplicaProcess
 from tunnelkeeper.supervise.rollout import Rollout
 from tunnelkeeper.tasks import keep_running
 from tunnelkeeper.tunneltoken import TunnelToken

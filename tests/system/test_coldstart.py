@@ -1,0 +1,81 @@
+"""A cold start launches each tunnel's first replica before the daemon has loaded its event
+loop and supervision (service/coldstart.py); the daemon then supervises it as its own child."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.harness import Daemon, Sim
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.system
+RunDaemon = Callable[..., Daemon]
+
+
+@pytest.fixture
+def sim(make_sim: Callable[..., Sim]) -> Sim:
+    return make_sim("portal", "admin")
+
+
+def events(d: Daemon, name: str) -> list[dict[str, Any]]:
+    out = []
+    for line in d.output().splitlines():
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(e, dict) and e.get("event") == name:
+            out.append(e)
+    return out
+
+
+def test_cold_start_launches_slot_0_early_and_the_daemon_raises_it_as_its_own(
+    sim: Sim, run_daemon: RunDaemon
+) -> None:
+    d = run_daemon(tunnels={"portal": {}, "admin": {}})
+    ready = {r["pid"]: r for t in ("portal", "admin") for r in d.wait_ready(t, 2)}
+    spawned = events(d, "replica_spawned")
+    early = {(e["tunnel"], e["slot"]): e["pid"] for e in spawned if e.get("early")}
+    # slot 0 of each tunnel was launched before the daemon loaded; slot 1 by its first converge
+    assert set(early) == {("portal", 0), ("admin", 0)}
+    assert len(spawned) == 4
+    for pid in early.values():
+        assert ready[pid]["started_because"] == "start"  # not "adopted": it is the daemon's own
+        assert psutil.Process(pid).ppid() == d.proc.pid
+    # exactly what the daemon would have launched: nothing rolled, nothing adopted
+    assert not events(d, "replica_draining")
+    assert not events(d, "replica_adopted")
+    assert not events(d, "replicas_adopted")
+    # its own child: reaped with its exit code, and replaced like any other
+    victim = early[("portal", 0)]
+    psutil.Process(victim).kill()
+    exited = wait_until(
+        lambda: [e for e in events(d, "replica_exited") if e["pid"] == victim],
+        timeout=15,
+        what="the early replica's exit",
+    )
+    assert exited[0]["returncode"] == -9
+    wait_until(
+        lambda: victim not in {r["pid"] for r in d.wait_ready("portal", 2)},
+        timeout=20,
+        what="the early replica replaced",
+    )
+    ledger = json.loads((d.config.parent / "state" / "replicas.json").read_text())
+    assert victim not in {row["pid"] for row in ledger["replicas"]}
+
+
+def test_a_token_the_daemon_fetches_itself_is_not_launched_early(
+    sim: Sim, run_daemon: RunDaemon
+) -> None:
+    """A command (like Vault and AWS) may be slow or remote: the token feed reads it."""
+    command = f'{{ source = "command", argv = ["/bin/cat", "{sim.token_file("portal")}"] }}'
+    d = run_daemon(tunnels={"portal": {"token": command}, "admin": {}})
+    d.wait_ready("portal", 2)
+    d.wait_ready("admin", 2)
+    early = {e["tunnel"] for e in events(d, "replica_spawned") if e.get("early")}
+    assert early == {"admin"}

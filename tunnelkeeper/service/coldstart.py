@@ -1,0 +1,156 @@
+"""A cold start launches each tunnel's first replica before the daemon loads its machinery.
+
+A replica needs about a tenth of a second to reach the edge, and the daemon about as long
+again to import its event loop, logging and supervision. Done one after the other, READY=1
+waited for both. So when no replica of an earlier daemon runs (the ledger lists none),
+``tunnelkeeper run`` first reads each tunnel's token if it is local (a file, a systemd
+credential, an environment variable), launches slot 0 through the same code that launches
+every replica (:func:`~tunnelkeeper.supervise.launch.launch`), and lists it in the ledger; then
+it imports the rest while those replicas start, on the other core.
+
+The daemon takes these children over through adoption (:mod:`~tunnelkeeper.supervise.adoption`),
+which verifies each like any replica in the ledger, and attaches it as its own child: reaped
+with its exit code, its log relayed from the first line, logged as ``replica_spawned``. A
+launch the config would not have made (the token file changed in between) is rolled like any
+adopted replica whose spec differs. A daemon that dies before it got that far leaves them
+listed in the ledger, for the next one to adopt.
+
+Anything unusual means no early launch for that tunnel, never an error here: a managed install
+(the daemon may replace the binary first), a remote token source (Vault, AWS, a command), a
+token that cannot be read or parsed, a failed launch. The daemon then starts that replica
+itself, as always, and says why if it cannot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from tunnelkeeper.config.model import (
+    Config,
+    EnvSourceConfig,
+    FileSourceConfig,
+    SystemdCredentialSourceConfig,
+    TokenSourceConfig,
+)
+from tunnelkeeper.errors import TunnelkeeperError
+from tunnelkeeper.sources.local import credential_path, read_token_text
+from tunnelkeeper.supervise.identity import identities, separation_enabled
+from tunnelkeeper.supervise.launch import (
+    ReplicaId,
+    SpawnSpec,
+    ensure_runtime_dir,
+    launch,
+    replica_files,
+    spawn_spec,
+)
+from tunnelkeeper.supervise.ports import PortAllocator
+from tunnelkeeper.tunneltoken import TunnelToken
+
+Launched = dict[int, subprocess.Popen[bytes]]  # by pid
+
+
+def launch_first_replicas(config: Config, ledger: Path) -> Launched:
+    """Launch slot 0 of every tunnel whose token is local, if this is a cold start; list them in
+    ``ledger``. Returns the children by pid (empty: nothing launched)."""
+    if config.cloudflared.install is not None or not _ledger_empty(ledger):
+        return {}
+    d = config.daemon
+    separated, _ = separation_enabled(d.replica_users, config.cloudflared.path, d.runtime_dir)
+    try:
+        ensure_runtime_dir(d.runtime_dir, separated=separated)
+    except OSError:
+        return {}
+    ports = PortAllocator()
+    names: set[str] = set()
+    launched: list[tuple[ReplicaId, SpawnSpec, Path, subprocess.Popen[bytes]]] = []
+    for t in config.tunnels:
+        names.add(t.name)  # as the daemon adds them: the same uids (identity.py)
+        token = _local_token(t.token)
+        if token is None:
+            continue
+        rid = ReplicaId(t.name, 0, 1)
+        token_file, log_file = replica_files(d.runtime_dir, rid)
+        try:
+            spec = spawn_spec(
+                d,
+                config.cloudflared,
+                t,
+                0,
+                binary=config.cloudflared.path,
+                metrics_port=ports.allocate(),
+                run_as=identities(names, d.replica_uid_base)[t.name] if separated else None,
+            )
+            child = launch(spec, token, token_file, log_file)
+        except OSError:
+            continue
+        launched.append((rid, spec, token_file, child))
+    if launched:
+        _list_in_ledger(ledger, launched)
+    return {child.pid: child for *_, child in launched}
+
+
+def _ledger_empty(ledger: Path) -> bool:
+    """No replica of an earlier daemon on record (a damaged ledger is not empty: adoption's
+    sweep sorts out what runs)."""
+    try:
+        rows = json.loads(ledger.read_bytes())["replicas"]
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
+        return False
+    return isinstance(rows, list) and not rows
+
+
+def _local_token(source: TokenSourceConfig) -> TunnelToken | None:
+    try:
+        if isinstance(source, FileSourceConfig):
+            text = read_token_text(source.path, "")
+        elif isinstance(source, SystemdCredentialSourceConfig):
+            text = read_token_text(
+                credential_path(source.name, "", os.environ.get("CREDENTIALS_DIRECTORY")), ""
+            )
+        elif isinstance(source, EnvSourceConfig):
+            text = os.environ.get(source.var, "")
+        else:
+            return None  # remote or slow: the daemon's token feed reads it
+        return TunnelToken.parse(text.strip())
+    except TunnelkeeperError:
+        return None  # the daemon's token feed reads it again, and reports the problem
+
+
+def _list_in_ledger(
+    ledger: Path, launched: list[tuple[ReplicaId, SpawnSpec, Path, subprocess.Popen[bytes]]]
+) -> None:
+    """Listed at once: a daemon that dies while it loads leaves them to the next one."""
+    import psutil
+
+    from tunnelkeeper.supervise.ledger import LedgerEntry, write_ledger
+
+    entries = []
+    for rid, spec, token_file, child in launched:
+        try:
+            create_time = psutil.Process(child.pid).create_time()
+        except psutil.Error:
+            continue  # gone already: the daemon reaps it and starts another
+        entries.append(
+            LedgerEntry(
+                rid.tunnel,
+                rid.slot,
+                rid.generation,
+                child.pid,
+                create_time,
+                spec.metrics_port,
+                str(token_file),
+                str(spec.binary),
+                extra_args=spec.extra_args,
+                label=spec.label,
+                grace_period_seconds=spec.grace_period_seconds,
+            )
+        )
+    try:
+        write_ledger(ledger, entries)
+    except OSError:
+        pass  # adoption's sweep finds them by their command lines
