@@ -4,13 +4,17 @@ loop and supervision (service/coldstart.py); the daemon then supervises it as it
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from tests.harness import Daemon, Sim
+from tests.harness import TUNNELKEEPER, Daemon, Sim, daemon_config
+from tests.servers import assert_no_replicas_left
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.system
@@ -44,6 +48,8 @@ def test_cold_start_launches_slot_0_early_and_the_daemon_raises_it_as_its_own(
     # slot 0 of each tunnel was launched before the daemon loaded; slot 1 by its first converge
     assert set(early) == {("portal", 0), ("admin", 0)}
     assert len(spawned) == 4
+    [taken] = events(d, "replicas_launched_early")
+    assert taken["replicas"] == 2 and taken["seconds_before"] >= 0
     for pid in early.values():
         assert ready[pid]["started_because"] == "start"  # not "adopted": it is the daemon's own
         assert psutil.Process(pid).ppid() == d.proc.pid
@@ -79,3 +85,25 @@ def test_a_token_the_daemon_fetches_itself_is_not_launched_early(
     d.wait_ready("admin", 2)
     early = {e["tunnel"] for e in events(d, "replica_spawned") if e.get("early")}
     assert early == {"admin"}
+
+
+def test_a_daemon_that_cannot_listen_leaves_no_early_replica_running(
+    sim: Sim, tmp_path: Path
+) -> None:
+    """The listen address is checked after the early launch: a daemon that must exit then stops
+    what it launched, rather than leave replicas that nothing supervises."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = daemon_config(tmp_path, sim, tunnels={"portal": {}}, listen_port=port)
+        run = subprocess.run(
+            [TUNNELKEEPER, "run", "-c", str(cfg)], capture_output=True, text=True, timeout=60
+        )
+    assert run.returncode == 1
+    assert '"listen_failed"' in run.stdout + run.stderr
+    assert "Traceback" not in run.stdout + run.stderr
+    ledger = json.loads((tmp_path / "state" / "replicas.json").read_text())
+    assert ledger["replicas"] == []
+    assert not list((tmp_path / "run" / "replicas").iterdir())  # no token file left behind
+    assert_no_replicas_left(tmp_path)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import uuid
-import zoneinfo
 from pathlib import Path
 
 from tunnelkeeper.config.fields import Section
@@ -112,6 +111,10 @@ def _read_uuid(t: Section) -> str | None:
 
 
 def _read_timezone(t: Section) -> str:
+    if not t.has("refresh_timezone"):
+        return str(TUNNEL["refresh_timezone"])  # UTC; zoneinfo loads only to check a choice
+    import zoneinfo
+
     name = t.text("refresh_timezone", TUNNEL["refresh_timezone"])
     try:
         zoneinfo.ZoneInfo(name)

@@ -23,10 +23,13 @@ itself, as always, and says why if it cannot.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 from tunnelkeeper.config.model import (
     Config,
@@ -36,6 +39,7 @@ from tunnelkeeper.config.model import (
     TokenSourceConfig,
 )
 from tunnelkeeper.errors import TunnelkeeperError
+from tunnelkeeper.noopenssl import import_stdlib_without_openssl
 from tunnelkeeper.sources.local import credential_path, read_token_text
 from tunnelkeeper.supervise.identity import identities, separation_enabled
 from tunnelkeeper.supervise.launch import (
@@ -49,7 +53,17 @@ from tunnelkeeper.supervise.launch import (
 from tunnelkeeper.supervise.ports import PortAllocator
 from tunnelkeeper.tunneltoken import TunnelToken
 
-Launched = dict[int, subprocess.Popen[bytes]]  # by pid
+LEDGER_FILE = "replicas.json"  # in state_dir: see supervise/ledger.py
+
+
+class Early(NamedTuple):
+    child: subprocess.Popen[bytes]
+    token_file: Path
+    log_file: Path
+    launched_at: float  # time.monotonic()
+
+
+Launched = dict[int, Early]  # by pid
 
 
 def launch_first_replicas(config: Config, ledger: Path) -> Launched:
@@ -65,7 +79,7 @@ def launch_first_replicas(config: Config, ledger: Path) -> Launched:
         return {}
     ports = PortAllocator()
     names: set[str] = set()
-    launched: list[tuple[ReplicaId, SpawnSpec, Path, subprocess.Popen[bytes]]] = []
+    launched: list[tuple[ReplicaId, SpawnSpec, Early]] = []
     for t in config.tunnels:
         names.add(t.name)  # as the daemon adds them: the same uids (identity.py)
         token = _local_token(t.token)
@@ -86,10 +100,33 @@ def launch_first_replicas(config: Config, ledger: Path) -> Launched:
             child = launch(spec, token, token_file, log_file)
         except OSError:
             continue
-        launched.append((rid, spec, token_file, child))
+        launched.append((rid, spec, Early(child, token_file, log_file, time.monotonic())))
     if launched:
         _list_in_ledger(ledger, launched)
-    return {child.pid: child for *_, child in launched}
+    return {early.child.pid: early for *_, early in launched}
+
+
+def stop_launched(launched: Launched, ledger: Path) -> None:
+    """Undo the early launch, for a daemon that cannot run after all (its listen address is
+    taken): nothing of it is left running unsupervised. SIGTERM (nothing is in flight yet: each
+    was up a moment), SIGKILL after a few seconds; files and ledger rows removed."""
+    from tunnelkeeper.supervise.launch import remove_files
+    from tunnelkeeper.supervise.ledger import write_ledger
+
+    for early in launched.values():
+        early.child.terminate()
+    for early in launched.values():
+        try:
+            early.child.wait(timeout=STOP_WAIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            early.child.kill()
+            early.child.wait()
+        remove_files(early.token_file, early.log_file)
+    with contextlib.suppress(OSError):
+        write_ledger(ledger, [])  # it listed these alone: only a cold start launches early
+
+
+STOP_WAIT_SECONDS = 5.0
 
 
 def _ledger_empty(ledger: Path) -> bool:
@@ -121,16 +158,16 @@ def _local_token(source: TokenSourceConfig) -> TunnelToken | None:
         return None  # the daemon's token feed reads it again, and reports the problem
 
 
-def _list_in_ledger(
-    ledger: Path, launched: list[tuple[ReplicaId, SpawnSpec, Path, subprocess.Popen[bytes]]]
-) -> None:
+def _list_in_ledger(ledger: Path, launched: list[tuple[ReplicaId, SpawnSpec, Early]]) -> None:
     """Listed at once: a daemon that dies while it loads leaves them to the next one."""
+    # the ledger's module logs through structlog, which imports asyncio: without OpenSSL
+    import_stdlib_without_openssl()
     import psutil
 
     from tunnelkeeper.supervise.ledger import LedgerEntry, write_ledger
 
     entries = []
-    for rid, spec, token_file, child in launched:
+    for rid, spec, (child, token_file, *_) in launched:
         try:
             create_time = psutil.Process(child.pid).create_time()
         except psutil.Error:

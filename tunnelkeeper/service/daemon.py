@@ -23,7 +23,7 @@ from tunnelkeeper import __version__
 from tunnelkeeper.cloudflared.upgrade import Upgrader
 from tunnelkeeper.config.model import Config
 from tunnelkeeper.metrics import Metrics
-from tunnelkeeper.service.coldstart import Launched
+from tunnelkeeper.service.coldstart import LEDGER_FILE, Launched, stop_launched
 from tunnelkeeper.service.endpoints import Endpoints
 from tunnelkeeper.service.guards import settle_after_start
 from tunnelkeeper.service.httpconn import connection_cap, raise_nofile_limit
@@ -34,10 +34,10 @@ from tunnelkeeper.service.resilience import (
     keep_looping,
     quietly,
 )
-from tunnelkeeper.service.startup import LEDGER_FILE
 from tunnelkeeper.service.tunnelset import TunnelSet
 from tunnelkeeper.service.web import DaemonWeb
 from tunnelkeeper.supervise.adoption import adopt_all
+from tunnelkeeper.supervise.launch import remove_files
 from tunnelkeeper.supervise.ledger import LedgerWriter
 from tunnelkeeper.supervise.ports import PortAllocator
 from tunnelkeeper.supervise.probe import Prober
@@ -124,6 +124,7 @@ class Daemon(Endpoints):
                 "listen_failed", key="daemon.listen", listen=cfg.daemon.listen, error=str(exc)
             )
             await self.web.aclose()
+            stop_launched(self.launched, self.ledger.path)
             return 1
         try:
             await self._start(cfg)
@@ -153,11 +154,19 @@ class Daemon(Endpoints):
         run niced, so the daemon's imports would come first and delay them."""
         for t in cfg.tunnels:
             self.tunnels.add(t)
+        children = {pid: early.child for pid, early in self.launched.items()}
         adopted, stopped = adopt_all(
-            self.ledger.path, self.tunnels.sups, cfg.daemon.runtime_dir, self.launched
+            self.ledger.path, self.tunnels.sups, cfg.daemon.runtime_dir, children
         )
         if adopted or stopped:
             log.info("replicas_adopted", adopted=adopted, stopped=stopped)
+        if self.launched:
+            first = min(early.launched_at for early in self.launched.values())
+            log.info(
+                "replicas_launched_early",
+                replicas=len(self.launched),
+                seconds_before=round(time.monotonic() - first, 3),
+            )
         self._reap_untaken_launches()
         self.ledger.write(self.tunnels.replicas())
         self.upgrader.attach(self.tunnels.sups)
@@ -195,11 +204,12 @@ class Daemon(Endpoints):
         """A replica the cold start launched that adoption did not take (its record did not
         verify: never seen) is stopped, not left running unsupervised."""
         taken = {r.proc.pid for r in self.tunnels.replicas()}
-        for pid, child in self.launched.items():
+        for pid, early in self.launched.items():
             if pid not in taken:
                 log.warning("early_replica_not_taken", pid=pid, action="stopping it")
-                child.kill()
-                child.wait()
+                early.child.kill()
+                early.child.wait()
+                remove_files(early.token_file, early.log_file)
 
     async def _start_services(self, cfg: Config) -> None:
         """Alerting and the Cloudflare API tasks, imported here and not at start-up. Then

@@ -13,7 +13,6 @@ from tunnelkeeper.config.model import Config
 # sysexits.h EX_CONFIG: the unit's RestartPreventExitStatus= stops systemd from restarting a
 # daemon that can only fail the same way again until someone fixes the config.
 EXIT_CONFIG = 78
-LEDGER_FILE = "replicas.json"  # in state_dir: see supervise/ledger.py
 
 
 def run_command(config_path: str) -> int:
@@ -38,7 +37,7 @@ def run_command(config_path: str) -> int:
     locks = claim_dirs(config)
     if locks is None:
         return EXIT_CONFIG
-    from tunnelkeeper.service.coldstart import launch_first_replicas
+    from tunnelkeeper.service.coldstart import LEDGER_FILE, launch_first_replicas
 
     launched = launch_first_replicas(config, config.daemon.state_dir / LEDGER_FILE)
 
