@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.harness import TUNNELKEEPER, Daemon, Sim, daemon_config
+from tests.harness import TUNNELKEEPER, Daemon, Sim, daemon_config, start_daemon
 from tests.servers import assert_no_replicas_left
 from tests.waiting import wait_until
 
@@ -107,3 +107,32 @@ def test_a_daemon_that_cannot_listen_leaves_no_early_replica_running(
     assert ledger["replicas"] == []
     assert not list((tmp_path / "run" / "replicas").iterdir())  # no token file left behind
     assert_no_replicas_left(tmp_path)
+
+
+def test_a_clean_stop_leaves_the_next_start_cold_and_a_lost_ledger_does_not(
+    sim: Sim, run_daemon: RunDaemon
+) -> None:
+    """After a drain nothing runs: the next start launches early again. After a kill -9 with the
+    ledger lost, the replicas still run: nothing is launched early (it would only be drained
+    again), and adoption's sweep finds them by their command lines."""
+    d = run_daemon(tunnels={"portal": {}})
+    d.wait_ready("portal", 2)
+    assert d.stop() == 0
+    d = start_daemon(d.config)
+    try:
+        pids = {r["pid"] for r in d.wait_ready("portal", 2)}
+        # the log is appended to: the first start's early launch, then this one's
+        assert [e["slot"] for e in events(d, "replica_spawned") if e.get("early")] == [0, 0]
+        d.proc.kill()
+        d.proc.wait(timeout=10)
+        (d.config.parent / "state" / "replicas.json").unlink()
+        (d.config.parent / "daemon.log").unlink()
+    finally:
+        d.stop()
+    d = start_daemon(d.config)
+    try:
+        assert {r["pid"] for r in d.wait_ready("portal", 2)} == pids
+        assert not [e for e in events(d, "replica_spawned") if e.get("early")]
+        assert len(events(d, "unlisted_replica_found")) == 2
+    finally:
+        d.stop()

@@ -69,9 +69,9 @@ Launched = dict[int, Early]  # by pid
 def launch_first_replicas(config: Config, ledger: Path) -> Launched:
     """Launch slot 0 of every tunnel whose token is local, if this is a cold start; list them in
     ``ledger``. Returns the children by pid (empty: nothing launched)."""
-    if config.cloudflared.install is not None or not _ledger_empty(ledger):
-        return {}
     d = config.daemon
+    if config.cloudflared.install is not None or not _cold(ledger, d.runtime_dir):
+        return {}
     separated, _ = separation_enabled(d.replica_users, config.cloudflared.path, d.runtime_dir)
     try:
         ensure_runtime_dir(d.runtime_dir, separated=separated)
@@ -110,6 +110,8 @@ def stop_launched(launched: Launched, ledger: Path) -> None:
     """Undo the early launch, for a daemon that cannot run after all (its listen address is
     taken): nothing of it is left running unsupervised. SIGTERM (nothing is in flight yet: each
     was up a moment), SIGKILL after a few seconds; files and ledger rows removed."""
+    if not launched:
+        return  # the ledger is an earlier daemon's: left as it is, for the next start
     from tunnelkeeper.supervise.launch import remove_files
     from tunnelkeeper.supervise.ledger import write_ledger
 
@@ -129,9 +131,17 @@ def stop_launched(launched: Launched, ledger: Path) -> None:
 STOP_WAIT_SECONDS = 5.0
 
 
-def _ledger_empty(ledger: Path) -> bool:
-    """No replica of an earlier daemon on record (a damaged ledger is not empty: adoption's
-    sweep sorts out what runs)."""
+def _cold(ledger: Path, runtime_dir: Path) -> bool:
+    """No replica of an earlier daemon can be running: the ledger lists none, and no replica's
+    files are in runtime_dir (a lost ledger; a damaged one is not empty either). Else adoption
+    sorts out what runs, and nothing is launched before it."""
+    try:
+        if any((runtime_dir / "replicas").iterdir()):
+            return False
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
     try:
         rows = json.loads(ledger.read_bytes())["replicas"]
     except FileNotFoundError:

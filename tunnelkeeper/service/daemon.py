@@ -25,8 +25,8 @@ from tunnelkeeper.config.model import Config
 from tunnelkeeper.metrics import Metrics
 from tunnelkeeper.service.coldstart import LEDGER_FILE, Launched, stop_launched
 from tunnelkeeper.service.endpoints import Endpoints
-from tunnelkeeper.service.guards import settle_after_start
-from tunnelkeeper.service.httpconn import connection_cap, raise_nofile_limit
+from tunnelkeeper.service.guards import raise_nofile_limit, settle_after_start
+from tunnelkeeper.service.httpconn import connection_cap
 from tunnelkeeper.service.notify import Notifier
 from tunnelkeeper.service.resilience import (
     EXIT_SOFTWARE,

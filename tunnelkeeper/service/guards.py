@@ -6,6 +6,8 @@
   one's replicas on Ctrl-C and take its control socket. It refuses to start instead, naming the
   directory and the pid holding it. The kernel drops the lock when the holder dies (kill -9
   included), and the descriptor is close-on-exec, so replicas never hold it.
+- **Descriptors.** The soft ``RLIMIT_NOFILE`` is raised to the hard one (systemd's
+  ``LimitNOFILE=``) before any replica is launched, so they inherit it too.
 - **No secrets in core dumps.** ``PR_SET_DUMPABLE 0`` (no core, no ptrace by other processes
   of the same user, /proc/self files root-owned) and ``RLIMIT_CORE 0``, which the replicas
   inherit: the tokens and signing secrets in memory never land on disk.
@@ -101,3 +103,16 @@ def _read_pid(fd: int) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
+
+
+def raise_nofile_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit (systemd's LimitNOFILE=); returns the soft."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft

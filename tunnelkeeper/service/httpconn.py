@@ -180,21 +180,6 @@ FD_RESERVE = 128
 MAX_CONNECTIONS = 64
 
 
-def raise_nofile_limit() -> int:
-    """Soft RLIMIT_NOFILE up to the hard limit (systemd's LimitNOFILE=); returns the soft."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass
-    return soft
-
-
 def connection_cap(nofile: int, replicas: int) -> int:
     """How many client connections the listener may hold at once, leaving the rest for
     supervision. Never below 4: /metrics and /healthz must stay reachable."""

@@ -17,9 +17,10 @@ EXIT_CONFIG = 78
 
 def run_command(config_path: str) -> int:
     from tunnelkeeper.config.load import ConfigError, load_config
-    from tunnelkeeper.service.guards import forbid_core_dumps
+    from tunnelkeeper.service.guards import forbid_core_dumps, raise_nofile_limit
 
     forbid_core_dumps()  # before anything secret is read
+    raise_nofile_limit()  # before any replica is launched: they inherit it
     try:
         config = load_config(config_path)
     except ConfigError as exc:
