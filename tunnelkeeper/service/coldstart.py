@@ -2,11 +2,12 @@
 
 A replica needs about a tenth of a second to reach the edge, and the daemon about as long
 again to import its event loop, logging and supervision. Done one after the other, READY=1
-waited for both. So when no replica of an earlier daemon runs (the ledger lists none),
-``tunnelkeeper run`` first reads each tunnel's token if it is local (a file, a systemd
-credential, an environment variable), launches slot 0 through the same code that launches
-every replica (:func:`~tunnelkeeper.supervise.launch.launch`), and lists it in the ledger; then
-it imports the rest while those replicas start, on the other core.
+waited for both. So when no replica of an earlier daemon can be running (the ledger lists
+none and runtime_dir holds no replica's files), ``tunnelkeeper run`` first reads each
+tunnel's token if it is local (a file, a systemd credential, an environment variable),
+launches slot 0 through the same code that launches every replica
+(:func:`~tunnelkeeper.supervise.launch.launch`) and lists it in the ledger; then it imports
+the rest while those replicas start, on the other core.
 
 The daemon takes these children over through adoption (:mod:`~tunnelkeeper.supervise.adoption`),
 which verifies each like any replica in the ledger, and attaches it as its own child: reaped
@@ -47,6 +48,7 @@ from tunnelkeeper.supervise.launch import (
     SpawnSpec,
     ensure_runtime_dir,
     launch,
+    remove_files,
     replica_files,
     spawn_spec,
 )
@@ -54,6 +56,7 @@ from tunnelkeeper.supervise.ports import PortAllocator
 from tunnelkeeper.tunneltoken import TunnelToken
 
 LEDGER_FILE = "replicas.json"  # in state_dir: see supervise/ledger.py
+STOP_WAIT_SECONDS = 5.0  # for a launch undone (stop_launched)
 
 
 class Early(NamedTuple):
@@ -112,7 +115,6 @@ def stop_launched(launched: Launched, ledger: Path) -> None:
     was up a moment), SIGKILL after a few seconds; files and ledger rows removed."""
     if not launched:
         return  # the ledger is an earlier daemon's: left as it is, for the next start
-    from tunnelkeeper.supervise.launch import remove_files
     from tunnelkeeper.supervise.ledger import write_ledger
 
     for early in launched.values():
@@ -126,9 +128,6 @@ def stop_launched(launched: Launched, ledger: Path) -> None:
         remove_files(early.token_file, early.log_file)
     with contextlib.suppress(OSError):
         write_ledger(ledger, [])  # it listed these alone: only a cold start launches early
-
-
-STOP_WAIT_SECONDS = 5.0
 
 
 def _cold(ledger: Path, runtime_dir: Path) -> bool:
