@@ -173,6 +173,9 @@ class Daemon(Endpoints):
         await self.upgrader.prepare(cfg.cloudflared)
         for feed in self.tunnels.feeds.values():
             await feed.start()
+        # A replica launched early may be at the edge already (its probe has answered by now):
+        # then READY=1 goes out before the rest of the replicas spawn.
+        self._notify_systemd()
         self._converge()
         lag = keep_running("loop_lag", self._sample_lag, self.metrics)
         self._background.add(asyncio.create_task(lag, name="loop lag"))
