@@ -34,6 +34,8 @@ from bench.strays import refuse_strays
 from tests.harness import TUNNELKEEPER, start_daemon, start_sim
 from tests.waiting import WaitTimeout, wait_until
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 def time_command(argv: list[str], runs: int) -> list[float | None]:
     out: list[float | None] = []
@@ -103,14 +105,15 @@ def logged_at(log: str, event: str, wall0: float) -> float | None:
     return None
 
 
-def installed_copy(work: Path) -> str:
+def installed_copy(work: Path, source: Path = REPO) -> str:
     """tunnelkeeper as the README installs it (``pip install`` of the project, not the
     editable install of this checkout, whose import hook alone costs ~20 ms a start): a wheel
-    of this tree in a fresh venv that borrows the checkout venv's dependencies by path."""
+    of ``source`` (this tree) in a fresh venv that borrows the checkout venv's dependencies by
+    path."""
     venv_python = Path(sys.executable)
     subprocess.run(
         [venv_python, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
-         str(work / "wheel"), str(Path(__file__).resolve().parent.parent)],
+         str(work / "wheel"), str(source)],
         check=True, capture_output=True,
     )  # fmt: skip
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(work / "venv")], check=True)
