@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,7 @@ def events(d: Daemon, name: str) -> list[dict[str, Any]]:
 def test_cold_start_launches_slot_0_early_and_the_daemon_raises_it_as_its_own(
     sim: Sim, run_daemon: RunDaemon
 ) -> None:
+    started = time.time()
     d = run_daemon(tunnels={"portal": {}, "admin": {}})
     ready = {r["pid"]: r for t in ("portal", "admin") for r in d.wait_ready(t, 2)}
     spawned = events(d, "replica_spawned")
@@ -53,6 +56,12 @@ def test_cold_start_launches_slot_0_early_and_the_daemon_raises_it_as_its_own(
     for pid in early.values():
         assert ready[pid]["started_because"] == "start"  # not "adopted": it is the daemon's own
         assert psutil.Process(pid).ppid() == d.proc.pid
+    # its age counts from its launch: it cannot have started before the daemon did (the kernel's
+    # create time is whole seconds off, through its boot time)
+    for e in events(d, "replica_ready"):
+        if (e["tunnel"], e["slot"]) in early:
+            stamp = datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
+            assert 0 < e["startup_seconds"] <= stamp - started
     # exactly what the daemon would have launched: nothing rolled, nothing adopted
     assert not events(d, "replica_draining")
     assert not events(d, "replica_adopted")

@@ -30,7 +30,6 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 from tunnelkeeper.config.model import (
     Config,
@@ -44,6 +43,7 @@ from tunnelkeeper.noopenssl import import_stdlib_without_openssl
 from tunnelkeeper.sources.local import credential_path, read_token_text
 from tunnelkeeper.supervise.identity import identities, separation_enabled
 from tunnelkeeper.supervise.launch import (
+    EarlyLaunch,
     ReplicaId,
     SpawnSpec,
     ensure_runtime_dir,
@@ -59,14 +59,7 @@ LEDGER_FILE = "replicas.json"  # in state_dir: see supervise/ledger.py
 STOP_WAIT_SECONDS = 5.0  # for a launch undone (stop_launched)
 
 
-class Early(NamedTuple):
-    child: subprocess.Popen[bytes]
-    token_file: Path
-    log_file: Path
-    launched_at: float  # time.monotonic()
-
-
-Launched = dict[int, Early]  # by pid
+Launched = dict[int, EarlyLaunch]  # by pid
 
 
 def launch_first_replicas(config: Config, ledger: Path) -> Launched:
@@ -82,7 +75,7 @@ def launch_first_replicas(config: Config, ledger: Path) -> Launched:
         return {}
     ports = PortAllocator()
     names: set[str] = set()
-    launched: list[tuple[ReplicaId, SpawnSpec, Early]] = []
+    launched: list[tuple[ReplicaId, SpawnSpec, EarlyLaunch]] = []
     for t in config.tunnels:
         names.add(t.name)  # as the daemon adds them: the same uids (identity.py)
         token = _local_token(t.token)
@@ -103,7 +96,7 @@ def launch_first_replicas(config: Config, ledger: Path) -> Launched:
             child = launch(spec, token, token_file, log_file)
         except OSError:
             continue
-        launched.append((rid, spec, Early(child, token_file, log_file, time.monotonic())))
+        launched.append((rid, spec, EarlyLaunch(child, token_file, log_file, time.monotonic())))
     if launched:
         _list_in_ledger(ledger, launched)
     return {early.child.pid: early for *_, early in launched}
@@ -167,7 +160,7 @@ def _local_token(source: TokenSourceConfig) -> TunnelToken | None:
         return None  # the daemon's token feed reads it again, and reports the problem
 
 
-def _list_in_ledger(ledger: Path, launched: list[tuple[ReplicaId, SpawnSpec, Early]]) -> None:
+def _list_in_ledger(ledger: Path, launched: list[tuple[ReplicaId, SpawnSpec, EarlyLaunch]]) -> None:
     """Listed at once: a daemon that dies while it loads leaves them to the next one."""
     # the ledger's module logs through structlog, which imports asyncio: without OpenSSL
     import_stdlib_without_openssl()

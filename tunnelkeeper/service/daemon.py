@@ -154,9 +154,8 @@ class Daemon(Endpoints):
         run niced, so the daemon's imports would come first and delay them."""
         for t in cfg.tunnels:
             self.tunnels.add(t)
-        children = {pid: early.child for pid, early in self.launched.items()}
         adopted, stopped = adopt_all(
-            self.ledger.path, self.tunnels.sups, cfg.daemon.runtime_dir, children
+            self.ledger.path, self.tunnels.sups, cfg.daemon.runtime_dir, self.launched
         )
         if adopted or stopped:
             log.info("replicas_adopted", adopted=adopted, stopped=stopped)

@@ -14,10 +14,9 @@ configured is stopped outright. Nothing is left unsupervised.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
@@ -26,7 +25,7 @@ import structlog
 
 from tunnelkeeper.errors import InvalidTokenError
 from tunnelkeeper.supervise.identity import RunAs
-from tunnelkeeper.supervise.launch import ReplicaId, SpawnSpec
+from tunnelkeeper.supervise.launch import EarlyLaunch, ReplicaId, SpawnSpec
 from tunnelkeeper.supervise.ledger import (
     LedgerEntry,
     find_process,
@@ -52,11 +51,11 @@ def adopt_one(
     sup: TunnelSupervisor,
     entry: LedgerEntry,
     create_time: float,
-    child: subprocess.Popen[bytes] | None = None,
+    early: EarlyLaunch | None = None,
 ) -> None:
-    """Take over the replica ``entry`` lists. ``child``: it is this daemon's own, launched by its
+    """Take over the replica ``entry`` lists. ``early``: it is this daemon's own, launched by its
     cold start (service/coldstart.py) before the supervisors existed; it is then supervised as
-    spawned, not adopted (reaped, its log relayed from the first line)."""
+    spawned, not adopted (reaped, its log relayed from the first line, its age exact)."""
     try:
         token = TunnelToken.parse(Path(entry.token_file).read_text())
     except (OSError, InvalidTokenError) as exc:
@@ -86,18 +85,20 @@ def adopt_one(
         run_as=_runs_as(entry.pid),
     )
     proc = ReplicaProcess(rid, spec, token, sup.on_exit)
-    if child is not None:
-        proc.start(child)
+    if early is not None:
+        proc.start(early.child)
+        # its launch time, not the create time (whole seconds off: the kernel's boot time is)
+        age = max(0.0, time.monotonic() - early.launched_at)
     else:
         proc.adopt(entry.pid, create_time)
-    age = max(0.0, time.time() - create_time)
+        age = max(0.0, time.time() - create_time)
     replica = Replica(
         rid,
         proc,
         role,
-        "adopted" if child is None else "start",
+        "adopted" if early is None else "start",
         sup.clock() - age,
-        datetime.fromtimestamp(create_time, UTC),
+        datetime.now(UTC) - timedelta(seconds=age),
         epoch=sup.epoch,
     )
     sup.take(replica)
@@ -118,7 +119,7 @@ def adopt_all(
     ledger: Path,
     sups: Mapping[str, TunnelSupervisor],
     runtime_dir: Path,
-    children: Mapping[int, subprocess.Popen[bytes]] | None = None,
+    children: Mapping[int, EarlyLaunch] | None = None,
 ) -> tuple[int, int]:
     """Adopt what the ledger lists, and any replica of ours it does not list (recognised by its
     command line); stop only replicas of tunnels no longer configured. ``children``: replicas
@@ -143,9 +144,9 @@ def adopt_all(
             continue
         sup = sups.get(entry.tunnel)
         if sup is not None:
-            child = children.get(entry.pid)
-            adopt_one(sup, entry, proc.create_time(), child)
-            adopted += child is None
+            early = children.get(entry.pid)
+            adopt_one(sup, entry, proc.create_time(), early)
+            adopted += early is None
             continue
         log.warning(
             "replica_not_adopted",

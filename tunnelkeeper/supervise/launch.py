@@ -17,6 +17,7 @@ import os
 import resource
 import subprocess
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
@@ -48,6 +49,16 @@ class SpawnSpec(msgspec.Struct, frozen=True):
     metrics_port: int
     runtime_dir: Path
     run_as: RunAs | None = None  # None: the daemon's own user
+
+
+class EarlyLaunch(NamedTuple):
+    """A replica launched before its supervisor existed (a cold start's: service/coldstart.py),
+    for the supervisor to take over as its own child."""
+
+    child: subprocess.Popen[bytes]
+    token_file: Path
+    log_file: Path
+    launched_at: float  # time.monotonic()
 
 
 def spawn_spec(
