@@ -40,6 +40,7 @@ from tunnelkeeper.config.model import (
 )
 from tunnelkeeper.errors import TunnelkeeperError
 from tunnelkeeper.noopenssl import import_stdlib_without_openssl
+from tunnelkeeper.sources.base import parse_token
 from tunnelkeeper.sources.local import credential_path, read_token_text
 from tunnelkeeper.supervise.identity import identities, separation_enabled
 from tunnelkeeper.supervise.launch import (
@@ -126,7 +127,10 @@ def stop_launched(launched: Launched, ledger: Path) -> None:
 def _cold(ledger: Path, runtime_dir: Path) -> bool:
     """No replica of an earlier daemon can be running: the ledger lists none, and no replica's
     files are in runtime_dir (a lost ledger; a damaged one is not empty either). Else adoption
-    sorts out what runs, and nothing is launched before it."""
+    sorts out what runs, and nothing is launched before it.
+
+    The ledger is read here, not with ledger.read_ledger: that module loads psutil and
+    structlog, ~35 ms that would come before the launch."""
     try:
         if any((runtime_dir / "replicas").iterdir()):
             return False
@@ -155,7 +159,7 @@ def _local_token(source: TokenSourceConfig) -> TunnelToken | None:
             text = os.environ.get(source.var, "")
         else:
             return None  # remote or slow: the daemon's token feed reads it
-        return TunnelToken.parse(text.strip())
+        return parse_token(text, description="").token
     except TunnelkeeperError:
         return None  # the daemon's token feed reads it again, and reports the problem
 
@@ -166,7 +170,7 @@ def _list_in_ledger(ledger: Path, launched: list[tuple[ReplicaId, SpawnSpec, Ear
     import_stdlib_without_openssl()
     import psutil
 
-    from tunnelkeeper.supervise.ledger import LedgerEntry, write_ledger
+    from tunnelkeeper.supervise.ledger import entry_of, write_ledger
 
     entries = []
     for rid, spec, (child, token_file, *_) in launched:
@@ -174,21 +178,7 @@ def _list_in_ledger(ledger: Path, launched: list[tuple[ReplicaId, SpawnSpec, Ear
             create_time = psutil.Process(child.pid).create_time()
         except psutil.Error:
             continue  # gone already: the daemon reaps it and starts another
-        entries.append(
-            LedgerEntry(
-                rid.tunnel,
-                rid.slot,
-                rid.generation,
-                child.pid,
-                create_time,
-                spec.metrics_port,
-                str(token_file),
-                str(spec.binary),
-                extra_args=spec.extra_args,
-                label=spec.label,
-                grace_period_seconds=spec.grace_period_seconds,
-            )
-        )
+        entries.append(entry_of(rid, spec, child.pid, create_time, token_file))
     try:
         write_ledger(ledger, entries)
     except OSError:

@@ -20,6 +20,7 @@ import psutil
 import structlog
 
 from tunnelkeeper.atomicfile import write_private_file
+from tunnelkeeper.supervise.launch import ReplicaId, SpawnSpec
 
 if TYPE_CHECKING:
     from tunnelkeeper.supervise.records import Replica
@@ -45,17 +46,36 @@ class LedgerEntry(msgspec.Struct, frozen=True):
 
 
 def entry_for(r: Replica) -> LedgerEntry:
-    spec = r.proc.spec
-    return LedgerEntry(
-        r.rid.tunnel,
-        r.rid.slot,
-        r.rid.generation,
+    return entry_of(
+        r.rid,
+        r.proc.spec,
         r.proc.pid or 0,
         r.proc.create_time or 0.0,
-        spec.metrics_port,
-        str(r.proc.token_file),
-        str(spec.binary),
+        r.proc.token_file,
         r.role.value,
+    )
+
+
+def entry_of(
+    rid: ReplicaId,
+    spec: SpawnSpec,
+    pid: int,
+    create_time: float,
+    token_file: Path,
+    role: str = "primary",
+) -> LedgerEntry:
+    """The record of a replica launched with ``spec``: supervised, or launched by a cold start
+    before its supervisor existed (service/coldstart.py)."""
+    return LedgerEntry(
+        rid.tunnel,
+        rid.slot,
+        rid.generation,
+        pid,
+        create_time,
+        spec.metrics_port,
+        str(token_file),
+        str(spec.binary),
+        role,
         extra_args=spec.extra_args,
         label=spec.label,
         grace_period_seconds=spec.grace_period_seconds,

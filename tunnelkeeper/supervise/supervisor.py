@@ -25,7 +25,7 @@ from tunnelkeeper.config.model import CloudflaredConfig, DaemonConfig, TunnelCon
 from tunnelkeeper.metrics import Metrics
 from tunnelkeeper.supervise import policy
 from tunnelkeeper.supervise.identity import RunAs
-from tunnelkeeper.supervise.launch import ReplicaId, SpawnSpec
+from tunnelkeeper.supervise.launch import ReplicaId, spawn_spec
 from tunnelkeeper.supervise.observe import Observation
 from tunnelkeeper.supervise.policy import Abandon, Drain, Promote, Role, Spawn
 from tunnelkeeper.supervise.ports import PortAllocator
@@ -225,13 +225,13 @@ class TunnelSupervisor(Observation, Rollout):
             state.backoff_until = now + max(1.0, self.daemon.probe_interval_seconds)
             self._log.error("replica_spawn_failed", slot=slot, error=exc.strerror or str(exc))
             return
-        spec = SpawnSpec(
+        spec = spawn_spec(
+            self.daemon,
+            self.cloudflared,
+            self.cfg,
+            slot,
             binary=self.binary,
-            extra_args=self.cloudflared.args,
-            label=f"{self.daemon.host}-{self.cfg.name}-{slot}",
-            grace_period_seconds=self.cfg.grace_period_seconds,
             metrics_port=port,
-            runtime_dir=self.daemon.runtime_dir,
             run_as=self.run_as,
         )
         proc = ReplicaProcess(rid, spec, token, self.on_exit)
