@@ -220,6 +220,18 @@ class Daemon:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The daemon's JSON log records of the event ``name``, in order."""
+        found = []
+        for line in self.output().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("event") == name:
+                found.append(record)
+        return found
+
     def wait_ready(self, tunnel: str, replicas: int, timeout: float = 30) -> list[dict[str, Any]]:
         def ready() -> list[dict[str, Any]]:
             prim = self.primaries(tunnel)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass
+
+from tunnelkeeper.structs import Struct
 
 SEVERITY_RANK: Mapping[str, int] = {"info": 0, "warning": 1, "critical": 2}
 
 
-@dataclass(frozen=True)
-class AlertSpec:
+class AlertSpec(Struct, frozen=True):
     name: str
     severity: str
     summary: str

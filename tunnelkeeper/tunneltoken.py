@@ -14,9 +14,10 @@ import functools
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass, field
+from typing import Any
 
 from tunnelkeeper.errors import InvalidTokenError
+from tunnelkeeper.structs import Struct
 
 # Cloudflare-issued tokens are small; anything bigger is not a token.
 MAX_TOKEN_CHARS = 4096
@@ -27,13 +28,15 @@ def fingerprint_of(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:12]
 
 
-@dataclass(frozen=True)
-class TunnelToken:
+class TunnelToken(Struct, frozen=True, dict=True, eq=False):
+    """Equal (and hashed) by what the token says, not by its text's formatting; shown by its
+    fingerprint only (``__repr__``, ``__str__``). ``dict=True`` holds the cached fingerprint."""
+
     account_tag: str
     tunnel_id: str
-    secret: bytes = field(repr=False)
+    secret: bytes
     endpoint: str | None = None
-    _raw: str = field(repr=False, compare=False, default="")
+    _raw: str = ""
 
     @classmethod
     def parse(cls, text: str) -> TunnelToken:
@@ -102,8 +105,23 @@ class TunnelToken:
     def fingerprint(self) -> str:
         return fingerprint_of(self._raw)
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TunnelToken):
+            return NotImplemented
+        return self._identity() == other._identity()
+
+    def __hash__(self) -> int:
+        return hash(self._identity())
+
+    def _identity(self) -> tuple[str, str, bytes, str | None]:
+        return (self.account_tag, self.tunnel_id, self.secret, self.endpoint)
+
     def __str__(self) -> str:
         return f"<token {self.fingerprint} for tunnel {self.tunnel_id}>"
 
     def __repr__(self) -> str:
         return f"TunnelToken(tunnel_id={self.tunnel_id!r}, fingerprint={self.fingerprint!r})"
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        """What rich shows (a traceback's locals, say), instead of Struct's every field."""
+        return [("tunnel_id", self.tunnel_id), ("fingerprint", self.fingerprint)]

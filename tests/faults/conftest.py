@@ -59,7 +59,7 @@ def metric(d: Daemon, name: str, **labels: str) -> float:
 
 def events(d: Daemon, event: str) -> int:
     """How many log lines the daemon wrote for ``event`` (JSON logs)."""
-    return d.output().count(f'"event": "{event}"')
+    return len(d.events(event))
 
 
 # --- alert receivers ----------------------------------------------------------------------------

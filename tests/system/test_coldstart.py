@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
@@ -28,49 +27,37 @@ def sim(make_sim: Callable[..., Sim]) -> Sim:
     return make_sim("portal", "admin")
 
 
-def events(d: Daemon, name: str) -> list[dict[str, Any]]:
-    out = []
-    for line in d.output().splitlines():
-        try:
-            e = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(e, dict) and e.get("event") == name:
-            out.append(e)
-    return out
-
-
 def test_cold_start_launches_slot_0_early_and_the_daemon_raises_it_as_its_own(
     sim: Sim, run_daemon: RunDaemon
 ) -> None:
     started = time.time()
     d = run_daemon(tunnels={"portal": {}, "admin": {}})
     ready = {r["pid"]: r for t in ("portal", "admin") for r in d.wait_ready(t, 2)}
-    spawned = events(d, "replica_spawned")
+    spawned = d.events("replica_spawned")
     early = {(e["tunnel"], e["slot"]): e["pid"] for e in spawned if e.get("early")}
     # slot 0 of each tunnel was launched before the daemon loaded; slot 1 by its first converge
     assert set(early) == {("portal", 0), ("admin", 0)}
     assert len(spawned) == 4
-    [taken] = events(d, "replicas_launched_early")
+    [taken] = d.events("replicas_launched_early")
     assert taken["replicas"] == 2 and taken["seconds_before"] >= 0
     for pid in early.values():
         assert ready[pid]["started_because"] == "start"  # not "adopted": it is the daemon's own
         assert psutil.Process(pid).ppid() == d.proc.pid
     # its age counts from its launch: it cannot have started before the daemon did (the kernel's
     # create time is whole seconds off, through its boot time)
-    for e in events(d, "replica_ready"):
+    for e in d.events("replica_ready"):
         if (e["tunnel"], e["slot"]) in early:
             stamp = datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
             assert 0 < e["startup_seconds"] <= stamp - started
     # exactly what the daemon would have launched: nothing rolled, nothing adopted
-    assert not events(d, "replica_draining")
-    assert not events(d, "replica_adopted")
-    assert not events(d, "replicas_adopted")
+    assert not d.events("replica_draining")
+    assert not d.events("replica_adopted")
+    assert not d.events("replicas_adopted")
     # its own child: reaped with its exit code, and replaced like any other
     victim = early[("portal", 0)]
     psutil.Process(victim).kill()
     exited = wait_until(
-        lambda: [e for e in events(d, "replica_exited") if e["pid"] == victim],
+        lambda: [e for e in d.events("replica_exited") if e["pid"] == victim],
         timeout=15,
         what="the early replica's exit",
     )
@@ -92,7 +79,7 @@ def test_a_token_the_daemon_fetches_itself_is_not_launched_early(
     d = run_daemon(tunnels={"portal": {"token": command}, "admin": {}})
     d.wait_ready("portal", 2)
     d.wait_ready("admin", 2)
-    early = {e["tunnel"] for e in events(d, "replica_spawned") if e.get("early")}
+    early = {e["tunnel"] for e in d.events("replica_spawned") if e.get("early")}
     assert early == {"admin"}
 
 
@@ -131,7 +118,7 @@ def test_a_clean_stop_leaves_the_next_start_cold_and_a_lost_ledger_does_not(
     try:
         pids = {r["pid"] for r in d.wait_ready("portal", 2)}
         # the log is appended to: the first start's early launch, then this one's
-        assert [e["slot"] for e in events(d, "replica_spawned") if e.get("early")] == [0, 0]
+        assert [e["slot"] for e in d.events("replica_spawned") if e.get("early")] == [0, 0]
         d.proc.kill()
         d.proc.wait(timeout=10)
         (d.config.parent / "state" / "replicas.json").unlink()
@@ -141,7 +128,7 @@ def test_a_clean_stop_leaves_the_next_start_cold_and_a_lost_ledger_does_not(
     d = start_daemon(d.config)
     try:
         assert {r["pid"] for r in d.wait_ready("portal", 2)} == pids
-        assert not [e for e in events(d, "replica_spawned") if e.get("early")]
-        assert len(events(d, "unlisted_replica_found")) == 2
+        assert not [e for e in d.events("replica_spawned") if e.get("early")]
+        assert len(d.events("unlisted_replica_found")) == 2
     finally:
         d.stop()

@@ -27,6 +27,7 @@ FOUNDATION = {
     "httpreply",
     "promtext",
     "noopenssl",
+    "structs",
     "",
 }
 RANK = {
@@ -156,3 +157,20 @@ def test_the_rules_see_real_imports() -> None:
     # guards against an ast walk that silently finds nothing
     assert "tunnelkeeper.supervise.policy" in GRAPH["tunnelkeeper.supervise.supervisor"]
     assert "tunnelkeeper.config.model" in GRAPH["tunnelkeeper.config.load"]
+
+
+def test_msgspec_is_imported_through_structs_alone() -> None:
+    # tunnelkeeper/structs.py imports it without typing_extensions: the first import must be it
+    direct = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+                else []
+            )
+            if any(n == "msgspec" or n.startswith("msgspec.") for n in names):
+                direct.append(module_name(path))
+    assert sorted(set(direct)) == ["tunnelkeeper.structs"]

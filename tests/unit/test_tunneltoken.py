@@ -20,9 +20,19 @@ def test_build_encodes_like_cloudflare_and_parses_back() -> None:
     assert back == tok and back.tunnel_id == TID and back.secret == b"s" * 32
 
 
+def test_tokens_are_equal_by_what_they_say_not_by_their_texts_formatting() -> None:
+    tok = TunnelToken.build("a" * 32, TID, b"s" * 32)
+    spaced = json.dumps({"a": "a" * 32, "t": TID, "s": base64.b64encode(b"s" * 32).decode()})
+    same = TunnelToken.parse(base64.b64encode(spaced.encode()).decode())
+    assert same.reveal() != tok.reveal() and same == tok and hash(same) == hash(tok)
+    assert same.fingerprint != tok.fingerprint  # of the text: what the replica runs with
+    assert TunnelToken.build("a" * 32, TID, b"t" * 32) != tok
+
+
 def test_repr_and_str_never_show_the_token() -> None:
     tok = TunnelToken.build("a" * 32, TID, b"k" * 32)
-    for text in (repr(tok), str(tok), f"{tok}", repr([tok])):
+    rich = repr(list(tok.__rich_repr__()))  # rich (a traceback's locals) asks this, not repr
+    for text in (repr(tok), str(tok), f"{tok}", repr([tok]), rich):
         assert tok.reveal() not in text
         assert base64.b64encode(b"k" * 32).decode() not in text
         assert tok.fingerprint in text

@@ -37,12 +37,11 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import msgspec
-
 from tunnelkeeper.cloudflared.download import DownloadError, fetch_verified, file_digest, shown_url
 from tunnelkeeper.cloudflared.versions import CloudflaredVersion, VersionError, parse_version_output
 from tunnelkeeper.config.model import CloudflaredConfig
 from tunnelkeeper.errors import TunnelkeeperError
+from tunnelkeeper.structs import Struct
 
 VERSION_CHECK_TIMEOUT_SECONDS = 15.0
 ARCHES = {
@@ -63,7 +62,7 @@ class InstallError(TunnelkeeperError):
     """The install was refused or failed; ``path`` still names what it named before."""
 
 
-class InstallResult(msgspec.Struct, frozen=True):
+class InstallResult(Struct, frozen=True):
     version: str
     binary: Path  # state_dir/cloudflared/<version>/cloudflared
     path: Path  # the configured cloudflared.path, now a symlink to binary (if switched)

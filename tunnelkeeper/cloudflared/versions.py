@@ -26,9 +26,8 @@ from __future__ import annotations
 import re
 from datetime import date, datetime
 
-import msgspec
-
 from tunnelkeeper.errors import TunnelkeeperError
+from tunnelkeeper.structs import Struct
 
 _VERSION = re.compile(r"(\d{4})\.(\d{1,2})\.(\d{1,4})")
 _VERSION_LINE = re.compile(
@@ -41,7 +40,7 @@ class VersionError(TunnelkeeperError):
     """A version string or ``--version`` output that does not parse."""
 
 
-class CloudflaredVersion(msgspec.Struct, frozen=True, order=True):
+class CloudflaredVersion(Struct, frozen=True, order=True):
     year: int
     month: int
     patch: int
@@ -63,7 +62,7 @@ class CloudflaredVersion(msgspec.Struct, frozen=True, order=True):
         return date(self.year, self.month, 1)
 
 
-class VersionOutput(msgspec.Struct, frozen=True):
+class VersionOutput(Struct, frozen=True):
     """What ``cloudflared --version`` said."""
 
     version: CloudflaredVersion

@@ -10,12 +10,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from tunnelkeeper.config.listen import DEFAULT_LISTEN, split_listen
+from tunnelkeeper.structs import Struct, field
 
 
-def defaults(cls: type[msgspec.Struct]) -> Mapping[str, Any]:
+def defaults(cls: type[Struct]) -> Mapping[str, Any]:
     """A config type's field defaults by name, for the loaders (msgspec keeps them off the
     class: ``DaemonConfig.listen`` is a slot, not the default)."""
     names = cls.__struct_fields__
@@ -23,7 +22,7 @@ def defaults(cls: type[msgspec.Struct]) -> Mapping[str, Any]:
     return dict(zip(names[len(names) - len(values) :], values, strict=True))
 
 
-class DaemonConfig(msgspec.Struct, frozen=True):
+class DaemonConfig(Struct, frozen=True):
     host: str
     listen: str = DEFAULT_LISTEN
     state_dir: Path = Path("/var/lib/tunnelkeeper")
@@ -56,13 +55,13 @@ class DaemonConfig(msgspec.Struct, frozen=True):
         return split_listen(self.listen)[1]
 
 
-class InstallConfig(msgspec.Struct, frozen=True):
+class InstallConfig(Struct, frozen=True):
     version: str
     url: str
     sha256: str
 
 
-class CloudflaredConfig(msgspec.Struct, frozen=True):
+class CloudflaredConfig(Struct, frozen=True):
     path: Path = Path("/usr/local/bin/cloudflared")
     args: tuple[str, ...] = ()
     install: InstallConfig | None = None
@@ -71,31 +70,31 @@ class CloudflaredConfig(msgspec.Struct, frozen=True):
 # --- token sources -------------------------------------------------------------------------
 
 
-class FileSourceConfig(msgspec.Struct, frozen=True):
+class FileSourceConfig(Struct, frozen=True):
     path: Path
     poll_seconds: float = 1.0
     kind: str = "file"
 
 
-class EnvSourceConfig(msgspec.Struct, frozen=True):
+class EnvSourceConfig(Struct, frozen=True):
     var: str
     kind: str = "env"
 
 
-class SystemdCredentialSourceConfig(msgspec.Struct, frozen=True):
+class SystemdCredentialSourceConfig(Struct, frozen=True):
     name: str
     kind: str = "systemd-credential"
 
 
-class CommandSourceConfig(msgspec.Struct, frozen=True):
+class CommandSourceConfig(Struct, frozen=True):
     argv: tuple[str, ...]
     timeout_seconds: float = 30.0
     poll_seconds: float = 60.0
-    env: Mapping[str, str] = msgspec.field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
     kind: str = "command"
 
 
-class VaultSourceConfig(msgspec.Struct, frozen=True):
+class VaultSourceConfig(Struct, frozen=True):
     addr: str
     path: str
     mount: str = "secret"
@@ -111,7 +110,7 @@ class VaultSourceConfig(msgspec.Struct, frozen=True):
     kind: str = "vault"
 
 
-class AwsSourceConfig(msgspec.Struct, frozen=True):
+class AwsSourceConfig(Struct, frozen=True):
     secret_id: str
     region: str | None = None
     endpoint_url: str | None = None
@@ -130,7 +129,7 @@ TokenSourceConfig = (
 )
 
 
-class TunnelConfig(msgspec.Struct, frozen=True):
+class TunnelConfig(Struct, frozen=True):
     name: str
     token: TokenSourceConfig
     id: str | None = None
@@ -151,25 +150,25 @@ class TunnelConfig(msgspec.Struct, frozen=True):
 SEVERITIES = ("info", "warning", "critical")
 
 
-class AlertOverride(msgspec.Struct, frozen=True):
+class AlertOverride(Struct, frozen=True):
     for_seconds: float | None = None
     severity: str | None = None
     enabled: bool = True
 
 
-class SinkConfig(msgspec.Struct, frozen=True):
+class SinkConfig(Struct, frozen=True):
     kind: str  # webhook | slack | pagerduty | alertmanager
     name: str  # metric label; default: kind, or kind-N when several of a kind
     url: str | None = None
     url_file: Path | None = None  # for URLs that are secrets (Slack)
     signing_secret_file: Path | None = None  # webhook: Standard Webhooks whsec_ secret
     routing_key_file: Path | None = None  # pagerduty integration key
-    headers: Mapping[str, str] = msgspec.field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
     min_severity: str = "info"
     timeout_seconds: float = 10.0
 
 
-class AlertsConfig(msgspec.Struct, frozen=True):
+class AlertsConfig(Struct, frozen=True):
     for_seconds: float = 5.0
     # a firing alert resolves once its condition has been clear this long (flap damping)
     resolve_hold_seconds: float = 30.0
@@ -185,11 +184,11 @@ class AlertsConfig(msgspec.Struct, frozen=True):
     resend_interval_seconds: float = 45.0
     group_by_tunnel: bool = True
     group_window_seconds: float = 5.0
-    overrides: Mapping[str, AlertOverride] = msgspec.field(default_factory=dict)
+    overrides: Mapping[str, AlertOverride] = field(default_factory=dict)
     sinks: tuple[SinkConfig, ...] = ()
 
 
-class FleetConfig(msgspec.Struct, frozen=True):
+class FleetConfig(Struct, frozen=True):
     account_id: str
     api_token_file: Path
     api_url: str = "https://api.cloudflare.com/client/v4"
@@ -198,12 +197,12 @@ class FleetConfig(msgspec.Struct, frozen=True):
     request_budget: int = 300
 
 
-class Config(msgspec.Struct, frozen=True):
+class Config(Struct, frozen=True):
     path: Path
     daemon: DaemonConfig
     cloudflared: CloudflaredConfig
     tunnels: tuple[TunnelConfig, ...]
-    alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     fleet: FleetConfig | None = None
 
     def tunnel(self, name: str) -> TunnelConfig | None:

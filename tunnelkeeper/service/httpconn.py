@@ -15,8 +15,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-import msgspec
 import structlog
+
+from tunnelkeeper.structs import Struct
 
 if TYPE_CHECKING:
     import h11
@@ -35,13 +36,13 @@ def load_parser() -> None:
     import h11  # noqa: F401
 
 
-class Request(msgspec.Struct, frozen=True):
+class Request(Struct, frozen=True):
     method: str
     path: str
     body: bytes
 
 
-class Reply(msgspec.Struct, frozen=True):
+class Reply(Struct, frozen=True):
     status: int
     body: bytes
     content_type: str

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 import structlog
 
 from tunnelkeeper.cloudflared.upgrade import Upgrader
 from tunnelkeeper.config.model import Config
 from tunnelkeeper.service.tunnelset import TunnelSet
+from tunnelkeeper.structs import replace
 
 log = structlog.get_logger("tunnelkeeper.reload")
 
@@ -33,7 +33,7 @@ async def reconfigure(
             sections=restart_for,
             note="kept as running; `systemctl restart tunnelkeeper` hands replicas over",
         )
-        new = msgspec.structs.replace(new, daemon=old.daemon, alerts=old.alerts, fleet=old.fleet)
+        new = replace(new, daemon=old.daemon, alerts=old.alerts, fleet=old.fleet)
     tunnels.cloudflared = new.cloudflared
     added, removed, changed = [], [], []
     for t in old.tunnels:

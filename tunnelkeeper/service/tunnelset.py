@@ -7,11 +7,10 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 
-import msgspec
-
 from tunnelkeeper.config.model import CloudflaredConfig, DaemonConfig, TunnelConfig
 from tunnelkeeper.metrics import Metrics
 from tunnelkeeper.service.tokenfeed import TokenFeed
+from tunnelkeeper.structs import replace
 from tunnelkeeper.supervise.identity import identities, separation_enabled
 from tunnelkeeper.supervise.ports import PortAllocator
 from tunnelkeeper.supervise.probe import Prober
@@ -68,7 +67,7 @@ class TunnelSet:
         """Stop feeding it and drain all its replicas (no surge: the tunnel goes away)."""
         sup = self.sups.pop(t.name)
         await self.feeds.pop(t.name).aclose()
-        sup.reconfigure(msgspec.structs.replace(t, replicas=0), self.cloudflared)
+        sup.reconfigure(replace(t, replicas=0), self.cloudflared)
         self.retiring.append(sup)
 
     async def renew_feed(self, t: TunnelConfig) -> None:

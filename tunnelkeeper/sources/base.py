@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-import msgspec
-
 from tunnelkeeper.errors import InvalidTokenError, TunnelkeeperError
+from tunnelkeeper.structs import Struct
 from tunnelkeeper.tunneltoken import TunnelToken, fingerprint_of
 
 
-class TokenVersion(msgspec.Struct, frozen=True):
+class TokenVersion(Struct, frozen=True):
     """A token as read from a source, with the backend's version id (else its fingerprint)."""
 
     token: TunnelToken

@@ -14,30 +14,29 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 
-import msgspec
-
 from tunnelkeeper.sources.base import (
     MalformedTokenError,
     TokenSource,
     TokenSourceError,
     TokenVersion,
 )
+from tunnelkeeper.structs import Struct
 
 # How many refused versions are remembered so that each is reported only once.
 REMEMBERED_REFUSALS = 16
 
 
-class New(msgspec.Struct, frozen=True):
+class New(Struct, frozen=True):
     """A valid token, different from the last accepted one; it is now ``watcher.current``."""
 
     version: TokenVersion
 
 
-class Unchanged(msgspec.Struct, frozen=True):
+class Unchanged(Struct, frozen=True):
     """Nothing new (including a refused value seen again, or the same token under a new id)."""
 
 
-class Refused(msgspec.Struct, frozen=True):
+class Refused(Struct, frozen=True):
     """The source holds a value that must not be rolled out. ``version`` names it, never the
     token; ``reason`` is safe to show."""
 
@@ -45,7 +44,7 @@ class Refused(msgspec.Struct, frozen=True):
     reason: str
 
 
-class Failed(msgspec.Struct, frozen=True):
+class Failed(Struct, frozen=True):
     """The source could not be read. ``failing_since`` is on the watcher's monotonic clock;
     ``failures`` counts consecutive failed polls (1 on the first)."""
 

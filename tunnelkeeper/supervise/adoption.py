@@ -19,11 +19,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import msgspec
 import psutil
 import structlog
 
 from tunnelkeeper.errors import InvalidTokenError
+from tunnelkeeper.structs import replace
 from tunnelkeeper.supervise.identity import RunAs
 from tunnelkeeper.supervise.launch import EarlyLaunch, ReplicaId, SpawnSpec
 from tunnelkeeper.supervise.ledger import (
@@ -211,7 +211,7 @@ def unlisted_entries(runtime_dir: Path, listed: set[int]) -> list[LedgerEntry]:
         n = roles.get((e.tunnel, e.slot), 0)
         roles[(e.tunnel, e.slot)] = n + 1
         role = (Role.PRIMARY, Role.SUCCESSOR)[n] if n < 2 else Role.DRAINING
-        out.append(msgspec.structs.replace(e, role=role.value))
+        out.append(replace(e, role=role.value))
     return out
 
 

@@ -19,7 +19,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-import msgspec
+from tunnelkeeper.structs import Struct
 
 # 2^20 ids above the base: collisions between a handful of names are rare, and resolved below
 UID_SPAN = 1 << 20
@@ -27,7 +27,7 @@ UID_SPAN = 1 << 20
 _CAP_CHOWN, _CAP_KILL, _CAP_SETGID, _CAP_SETUID = 0, 5, 6, 7
 
 
-class RunAs(msgspec.Struct, frozen=True):
+class RunAs(Struct, frozen=True):
     uid: int
     gid: int
 

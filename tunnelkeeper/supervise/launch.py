@@ -19,10 +19,9 @@ import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
-import msgspec
-
 from tunnelkeeper.atomicfile import write_private_file
 from tunnelkeeper.config.model import CloudflaredConfig, DaemonConfig, TunnelConfig
+from tunnelkeeper.structs import Struct
 from tunnelkeeper.supervise.identity import RunAs
 from tunnelkeeper.tunneltoken import TunnelToken
 
@@ -32,7 +31,7 @@ REPLICA_NICE = 5
 BUDGET_BYTES = 16 * 1024 * 1024  # unread log a replica may write (space per replica)
 
 
-class ReplicaId(msgspec.Struct, frozen=True, order=True):
+class ReplicaId(Struct, frozen=True, order=True):
     tunnel: str
     slot: int
     generation: int
@@ -41,7 +40,7 @@ class ReplicaId(msgspec.Struct, frozen=True, order=True):
         return f"{self.tunnel}/{self.slot}#{self.generation}"
 
 
-class SpawnSpec(msgspec.Struct, frozen=True):
+class SpawnSpec(Struct, frozen=True):
     binary: Path
     extra_args: tuple[str, ...]
     label: str

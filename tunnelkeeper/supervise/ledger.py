@@ -15,11 +15,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 import psutil
 import structlog
 
 from tunnelkeeper.atomicfile import write_private_file
+from tunnelkeeper.structs import Struct, asdict
 from tunnelkeeper.supervise.launch import ReplicaId, SpawnSpec
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("tunnelkeeper.ledger")
 
 
-class LedgerEntry(msgspec.Struct, frozen=True):
+class LedgerEntry(Struct, frozen=True):
     tunnel: str
     slot: int
     generation: int
@@ -116,9 +116,7 @@ class LedgerWriter:
 
 
 def write_ledger(path: Path, entries: list[LedgerEntry]) -> None:
-    data = json.dumps(
-        {"version": 1, "replicas": [msgspec.structs.asdict(e) for e in entries]}, indent=1
-    )
+    data = json.dumps({"version": 1, "replicas": [asdict(e) for e in entries]}, indent=1)
     write_private_file(path, data)
 
 

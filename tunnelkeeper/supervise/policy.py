@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import NamedTuple, Protocol
 
-import msgspec
+from tunnelkeeper.structs import Struct
 
 
 class Phase(StrEnum):
@@ -41,7 +41,7 @@ class Role(StrEnum):
     DRAINING = "draining"
 
 
-class Timing(msgspec.Struct, frozen=True):
+class Timing(Struct, frozen=True):
     unhealthy_after_seconds: float
     unresponsive_after_seconds: float
     ready_timeout_seconds: float
@@ -158,23 +158,23 @@ def is_gate_ready(r: Observed, t: Timing) -> bool:
 # --- actions ---------------------------------------------------------------------------------
 
 
-class Spawn(msgspec.Struct, frozen=True):
+class Spawn(Struct, frozen=True):
     slot: int
     role: Role
     reason: str  # start | exited | no_connections | unresponsive | rotation | upgrade
 
 
-class Promote(msgspec.Struct, frozen=True):
+class Promote(Struct, frozen=True):
     key: str  # the successor; the slot's current primary (if any) drains
     reason: str
 
 
-class Drain(msgspec.Struct, frozen=True):
+class Drain(Struct, frozen=True):
     key: str
     reason: str
 
 
-class Abandon(msgspec.Struct, frozen=True):
+class Abandon(Struct, frozen=True):
     key: str  # a successor that never became ready
     reason: str
 
@@ -182,7 +182,7 @@ class Abandon(msgspec.Struct, frozen=True):
 Action = Spawn | Promote | Drain | Abandon
 
 
-class TunnelPlan(msgspec.Struct, frozen=True):
+class TunnelPlan(Struct, frozen=True):
     replicas: int
     # the token every replica should run; None: no usable token, nothing can start
     token_fingerprint: str | None
@@ -191,7 +191,7 @@ class TunnelPlan(msgspec.Struct, frozen=True):
     storm_backoff_until: float = 0.0
 
 
-class Decision(msgspec.Struct, frozen=True):
+class Decision(Struct, frozen=True):
     actions: tuple[Action, ...]
     edge_outage_suspected: bool
     reason: str | None  # human-readable explanation when the tunnel is held back

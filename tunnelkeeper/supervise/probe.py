@@ -14,8 +14,7 @@ import re
 import uuid
 from collections.abc import Callable
 
-import msgspec
-
+from tunnelkeeper.structs import Struct
 from tunnelkeeper.supervise.probewire import Wire, WireError
 
 MAX_BODY_BYTES = 64 * 1024
@@ -37,7 +36,7 @@ def version_from_line(message: str) -> str | None:
     return match[1] if match else None
 
 
-class ReadyResult(msgspec.Struct, frozen=True):
+class ReadyResult(Struct, frozen=True):
     answered: bool  # False: no HTTP answer (refused, timeout, garbage)
     ready_connections: int = 0
     connector_id: str | None = None
