@@ -3,7 +3,6 @@ credential. A new value needs a restart, so these suit bootstrap and development
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -66,5 +65,6 @@ class SystemdCredentialSource(TokenSource):
         return STATIC_SIGNATURE
 
     async def read(self) -> TokenVersion:
-        text = await asyncio.to_thread(read_token_text, self._path(), self.description)
+        # inline: a small file on systemd's own ramfs (as the file source: see file.py)
+        text = read_token_text(self._path(), self.description)
         return parse_token(text, description=self.description)
