@@ -191,3 +191,31 @@ def test_token_never_leaks(sim: Sim, run_daemon: RunDaemon) -> None:
     assert token not in d.output()
     # token files are gone with their replicas
     assert not list((d.config.parent / "run" / "replicas").glob("*.token"))
+
+
+def test_each_replicas_cpu_and_memory_metrics_are_its_processes_own(
+    sim: Sim, run_daemon: RunDaemon
+) -> None:
+    d = run_daemon()
+    replicas = d.wait_ready("portal", 2)
+
+    def exported(name: str, slot: int) -> float | None:
+        for line in d.metrics().splitlines():
+            if line.startswith(f'{name}{{slot="{slot}",tunnel="portal"}} ') or line.startswith(
+                f'{name}{{tunnel="portal",slot="{slot}"}} '
+            ):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    for r in replicas:
+        slot, ps = r["slot"], psutil.Process(r["pid"])
+        rss = wait_until(
+            lambda: exported("tunnelkeeper_replica_resident_memory_bytes", slot),  # noqa: B023
+            timeout=15,
+            what=f"slot {slot}'s memory exported",
+        )
+        cpu = exported("tunnelkeeper_replica_cpu_seconds", slot)
+        times = ps.cpu_times()
+        # exported at most a metrics interval ago: never more than now, and of the same size
+        assert cpu is not None and 0 < cpu <= times.user + times.system + 0.02
+        assert 0.5 < rss / ps.memory_info().rss < 2

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-import psutil
 import structlog
 
 from tunnelkeeper.config.model import DaemonConfig, TunnelConfig
@@ -24,6 +23,7 @@ from tunnelkeeper.supervise.policy import Phase, Role
 from tunnelkeeper.supervise.ports import PortAllocator
 from tunnelkeeper.supervise.probe import Prober
 from tunnelkeeper.supervise.probing import Probing
+from tunnelkeeper.supervise.procstat import usage
 from tunnelkeeper.supervise.records import Replica, SlotState
 from tunnelkeeper.supervise.replica import ReplicaProcess
 from tunnelkeeper.supervise.stops import child_stop_change
@@ -160,21 +160,15 @@ class Observation(Probing):
             m.tunnel_token_valid.labels(name).set(1 if valid else 0)
 
     def _export_usage(self, r: Replica) -> None:
-        """CPU and memory of a primary replica's process (psutil), every metrics interval."""
+        """CPU and memory of a primary replica's process, every metrics interval."""
         if r.role is not Role.PRIMARY or r.proc.pid is None:
             return
-        try:
-            if r.ps is None:  # one psutil handle per replica process, kept
-                r.ps = psutil.Process(r.proc.pid)
-            p = r.ps
-            with p.oneshot():
-                cpu = p.cpu_times()
-                rss = p.memory_info().rss
-        except psutil.Error:
-            return
+        used = usage(r.proc.pid)
+        if used is None:
+            return  # gone: its exit is reported by the reaper
         labels = (self.cfg.name, str(r.rid.slot))
-        self.metrics.replica_cpu_seconds.labels(*labels).set(cpu.user + cpu.system)
-        self.metrics.replica_rss_bytes.labels(*labels).set(rss)
+        self.metrics.replica_cpu_seconds.labels(*labels).set(used[0])
+        self.metrics.replica_rss_bytes.labels(*labels).set(used[1])
 
     def ready_count(self) -> int:
         """Slots whose primary has at least one edge connection."""

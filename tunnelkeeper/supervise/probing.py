@@ -21,8 +21,8 @@ from tunnelkeeper.metrics import Metrics
 from tunnelkeeper.supervise import policy
 from tunnelkeeper.supervise.policy import Role
 from tunnelkeeper.supervise.probe import Prober, ReadyResult
+from tunnelkeeper.supervise.procstat import is_stopped
 from tunnelkeeper.supervise.records import Replica
-from tunnelkeeper.supervise.stops import is_stopped
 from tunnelkeeper.tasks import until_beat
 from tunnelkeeper.tunneltoken import TunnelToken
 

@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import psutil
-
 from tunnelkeeper.supervise.launch import ReplicaId
 from tunnelkeeper.supervise.policy import Observed, Role
 from tunnelkeeper.supervise.replica import ReplicaProcess
@@ -55,7 +53,6 @@ class Replica:
     beat_asked: bool = False  # a beat's probe of it is out
     usage_at: float = -1e18  # when its CPU and memory were last exported
     asking_version: bool = False  # /metrics is being asked for its version
-    ps: psutil.Process | None = field(default=None, repr=False, compare=False)  # for its usage
 
     @property
     def running(self) -> bool:

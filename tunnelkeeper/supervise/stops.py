@@ -3,8 +3,8 @@
 For our own children the kernel says so the moment it happens (SIGCHLD; ``waitid`` with
 ``WSTOPPED | WCONTINUED`` and *without* ``WEXITED``, so exits stay with the pidfd reaper). For a
 replica adopted from a previous daemon (not our child), a probe that gets no answer looks at its
-state in ``/proc`` instead: a stopped process is not merely slow, so there is no need to wait out
-``unresponsive_after_seconds`` for it.
+state in ``/proc`` instead (``procstat.is_stopped``): a stopped process is not merely slow, so
+there is no need to wait out ``unresponsive_after_seconds`` for it.
 """
 
 from __future__ import annotations
@@ -29,15 +29,3 @@ def child_stop_change(pid: int) -> bool | None:
     if info.si_code == os.CLD_CONTINUED:
         return CONTINUED
     return None
-
-
-def is_stopped(pid: int) -> bool:
-    """Whether ``pid`` is stopped or traced right now (``/proc/<pid>/stat``'s state field)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read(512)
-    except OSError:
-        return False
-    # "pid (comm) S ...": comm may hold spaces and parentheses, so read after the last ")"
-    end = stat.rfind(b")")
-    return end >= 0 and stat[end + 2 : end + 3] in (b"T", b"t")
