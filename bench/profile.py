@@ -4,7 +4,13 @@ hold the most samples, inclusive and self.
 
 py-spy counts only samples where a thread is running Python (``--idle`` off), so the total
 samples over the duration, divided by rate times duration, is the fraction of a core the
-interpreter spent, within sampling error.
+interpreter spent, within sampling error. Its shares lean towards system calls: reading a
+stack without stopping the process (``--nonblocking``) succeeds more often while the thread
+sits in the kernel. At 100 replicas it put 46 % of the samples in ``Wire._send``, where the
+process's whole system time was 0.43 % of a core against 1.63 % of user time (its
+``/proc`` times); cProfile inside the daemon gives the Python side's shares more faithfully
+(bench/README.md, issue 16's sixth part). The figure printed at the end is an estimate to
+compare runs by, not the process's CPU, which ``bench.scale`` measures.
 
     .venv/bin/pip install py-spy
     .venv/bin/python -m bench.profile [--replicas 100] [--seconds 30] [--rate 250]
