@@ -29,6 +29,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from tunnelkeeper.config.model import (
@@ -111,17 +112,27 @@ def stop_launched(launched: Launched, ledger: Path) -> None:
         return  # the ledger is an earlier daemon's: left as it is, for the next start
     from tunnelkeeper.supervise.ledger import write_ledger
 
-    for early in launched.values():
-        early.child.terminate()
-    for early in launched.values():
+    stop_early(launched.values(), grace_seconds=STOP_WAIT_SECONDS)
+    with contextlib.suppress(OSError):
+        write_ledger(ledger, [])  # it listed these alone: only a cold start launches early
+
+
+def stop_early(launches: Iterable[EarlyLaunch], *, grace_seconds: float) -> None:
+    """Stop early launches and remove their files: SIGTERM, then SIGKILL after
+    ``grace_seconds`` (0: SIGKILL at once)."""
+    launches = list(launches)
+    for early in launches:
+        if grace_seconds > 0:
+            early.child.terminate()
+        else:
+            early.child.kill()
+    for early in launches:
         try:
-            early.child.wait(timeout=STOP_WAIT_SECONDS)
+            early.child.wait(timeout=grace_seconds or None)
         except subprocess.TimeoutExpired:
             early.child.kill()
             early.child.wait()
         remove_files(early.token_file, early.log_file)
-    with contextlib.suppress(OSError):
-        write_ledger(ledger, [])  # it listed these alone: only a cold start launches early
 
 
 def _cold(ledger: Path, runtime_dir: Path) -> bool:

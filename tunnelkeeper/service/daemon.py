@@ -23,7 +23,7 @@ from tunnelkeeper import __version__
 from tunnelkeeper.cloudflared.upgrade import Upgrader
 from tunnelkeeper.config.model import Config
 from tunnelkeeper.metrics import Metrics
-from tunnelkeeper.service.coldstart import LEDGER_FILE, Launched, stop_launched
+from tunnelkeeper.service.coldstart import LEDGER_FILE, Launched, stop_early, stop_launched
 from tunnelkeeper.service.endpoints import Endpoints
 from tunnelkeeper.service.guards import raise_nofile_limit, settle_after_start
 from tunnelkeeper.service.httpconn import connection_cap
@@ -37,7 +37,6 @@ from tunnelkeeper.service.resilience import (
 from tunnelkeeper.service.tunnelset import TunnelSet
 from tunnelkeeper.service.web import DaemonWeb
 from tunnelkeeper.supervise.adoption import adopt_all
-from tunnelkeeper.supervise.launch import remove_files
 from tunnelkeeper.supervise.ledger import LedgerWriter
 from tunnelkeeper.supervise.ports import PortAllocator
 from tunnelkeeper.supervise.probe import Prober
@@ -206,12 +205,10 @@ class Daemon(Endpoints):
         """A replica the cold start launched that adoption did not take (its record did not
         verify: never seen) is stopped, not left running unsupervised."""
         taken = {r.proc.pid for r in self.tunnels.replicas()}
-        for pid, early in self.launched.items():
-            if pid not in taken:
-                log.warning("early_replica_not_taken", pid=pid, action="stopping it")
-                early.child.kill()
-                early.child.wait()
-                remove_files(early.token_file, early.log_file)
+        untaken = [early for pid, early in self.launched.items() if pid not in taken]
+        for early in untaken:
+            log.warning("early_replica_not_taken", pid=early.child.pid, action="stopping it")
+        stop_early(untaken, grace_seconds=0)
 
     async def _start_services(self, cfg: Config) -> None:
         """Alerting and the Cloudflare API tasks, imported here and not at start-up. Then
