@@ -48,8 +48,14 @@ def test_daemon_restart_adopts_replicas_with_zero_failed_requests(
             assert {r["pid"] for r in after} == set(before)
             assert {r["generation"] for r in after} == {r["generation"] for r in before.values()}
             assert all(r["started_because"] == "adopted" for r in after)
-            metrics = d2.metrics()
-            assert 'tunnelkeeper_tunnel_ready_replicas{tunnel="portal"} 2.0' in metrics
+            # the gauges are set at the daemon's next pass, a moment after status sees it ready
+            metrics = wait_until(
+                lambda: metrics_showing(
+                    d2, 'tunnelkeeper_tunnel_ready_replicas{tunnel="portal"} 2.0'
+                ),
+                timeout=5,
+                what="the ready gauge at 2",
+            )
             assert "tunnelkeeper_replica_restarts_total{" not in metrics  # nothing restarted
             served = load.results["ok"]
             wait_until(lambda: load.results["ok"] >= served + 20, timeout=10)
@@ -131,3 +137,9 @@ def test_a_ledger_record_that_does_not_verify_still_gets_its_replica_adopted(
     finally:
         d2.stop()
     assert not any(alive(pid) for pid in before)  # and the stop drained both
+
+
+def metrics_showing(d: Daemon, sample: str) -> str:
+    """The daemon's /metrics if it holds ``sample``, else nothing ("")."""
+    text = d.metrics()
+    return text if sample in text else ""
